@@ -1,0 +1,82 @@
+"""The blob store interface: objects by namespace and key, written durably, read verified.
+
+Two implementations: `FilesystemBlobStore` (embedded) and `S3BlobStore`; both pass
+tests/kernel/test_blobs_contract.py. Keys are built by the callers from validated UIDs
+(`dicomflow.kernel.uids.instance_key`) or generated; each implementation checks them again.
+"""
+
+import hashlib
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+
+from dicomflow.kernel.events import BlobRef, Namespace
+from dicomflow.kernel.exceptions import KernelError
+
+_KEY_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+DICOM_CONTENT_TYPE = "application/dicom"
+
+
+class InvalidBlobKey(KernelError, ValueError):
+    """A key with empty, dot-only or unexpected segments (a path traversal attempt, say)."""
+
+
+def check_key(key: str) -> str:
+    segments = key.split("/")
+    if not 0 < len(segments) <= 8 or any(
+        not _KEY_SEGMENT.match(s) or set(s) == {"."} for s in segments
+    ):
+        raise InvalidBlobKey(f"blob key {key[:120]!r} is not a safe relative key")
+    return key
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class BlobStore(ABC):
+    @abstractmethod
+    def put(self, namespace: Namespace, key: str, data: bytes) -> BlobRef:
+        """Store `data`; when this returns the object is durable. Overwrites (idempotent)."""
+
+    def put_file(self, namespace: Namespace, key: str, path: Path) -> BlobRef:
+        """Store a local file's content (implementations may avoid reading it into memory)."""
+        return self.put(namespace, key, path.read_bytes())
+
+    @abstractmethod
+    def get(self, namespace: Namespace, key: str) -> bytes:
+        """The object's bytes; raises BlobNotFound."""
+
+    def get_verified(self, ref: BlobRef) -> bytes:
+        """The bytes of `ref`, checked against its SHA-256; raises ChecksumMismatch."""
+        from dicomflow.kernel.exceptions import ChecksumMismatch
+
+        data = self.get(ref.namespace, ref.key)
+        if sha256_of(data) != ref.sha256:
+            raise ChecksumMismatch(
+                f"{ref.namespace}/{ref.key}: content does not match its recorded SHA-256"
+            )
+        return data
+
+    @abstractmethod
+    def stat(self, namespace: Namespace, key: str) -> BlobRef | None:
+        """Size and checksum of an object, or None if absent."""
+
+    def exists(self, namespace: Namespace, key: str) -> bool:
+        return self.stat(namespace, key) is not None
+
+    @abstractmethod
+    def delete(self, namespace: Namespace, key: str) -> None:
+        """Remove an object; absent objects are not an error."""
+
+    @abstractmethod
+    def keys(self, namespace: Namespace, prefix: str = "") -> Iterator[str]:
+        """Every key of a namespace that starts with `prefix`."""
+
+    def local_path(self, namespace: Namespace, key: str) -> Path | None:
+        """A local file holding the object, when the store has one (lets readers stream)."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""

@@ -1,0 +1,166 @@
+"""Settings of every dicomflow role, read in one place.
+
+Values come, highest priority first, from: keyword arguments, environment variables prefixed
+``DICOMFLOW_``, a TOML file (``DICOMFLOW_CONFIG``, else ``./dicomflow.toml`` if present), then the
+defaults below. Every field is documented in the README's configuration table (a test checks it).
+"""
+
+import os
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+PLACEHOLDER_SECRET = "change-me"  # noqa: S105 - the marker a real deployment must replace
+
+
+class BusBackend(StrEnum):
+    EMBEDDED = "embedded"
+    KAFKA = "kafka"
+
+
+class IndexBackend(StrEnum):
+    EMBEDDED = "embedded"
+    ELASTICSEARCH = "elasticsearch"
+
+
+class BlobBackend(StrEnum):
+    FILESYSTEM = "filesystem"
+    S3 = "s3"
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get("DICOMFLOW_CONFIG")
+    if explicit:
+        return Path(explicit)
+    local = Path("dicomflow.toml")
+    return local if local.is_file() else None
+
+
+class Settings(BaseSettings):
+    """Configuration of dicomflow (all roles). Environment variables: DICOMFLOW_<FIELD>."""
+
+    model_config = SettingsConfigDict(env_prefix="DICOMFLOW_", extra="ignore")
+
+    dev_mode: bool = Field(
+        True, description="Development mode: allows placeholder secrets. Set false in production."
+    )
+    data_dir: Path = Field(
+        Path("dicomflow-data"), description="Where the embedded back ends and the spool keep data."
+    )
+    ae_title: str = Field("DICOMFLOW", description="AE title of the DICOM SCP.")
+    dicom_host: str = Field("0.0.0.0", description="Address the DICOM SCP listens on.")  # noqa: S104
+    dicom_port: int = Field(11112, description="Port of the DICOM SCP.")
+    dicom_max_pdu: int = Field(
+        0, description="Maximum PDU size the SCP accepts (0 = unlimited, fastest)."
+    )
+    dicom_workers: int = Field(
+        1, description="SCP worker processes sharing the port (SO_REUSEPORT); 0 = one per core."
+    )
+    dicom_max_associations: int = Field(
+        32, description="Maximum concurrent associations per SCP worker."
+    )
+    max_object_bytes: int = Field(
+        2 * 1024**3, description="Largest object accepted by C-STORE, STOW-RS and import."
+    )
+    http_host: str = Field("0.0.0.0", description="Address the HTTP API listens on.")  # noqa: S104
+    http_port: int = Field(8080, description="Port of the HTTP API (DICOMweb, search, UI).")
+    log_level: str = Field("INFO", description="Log level (DEBUG, INFO, WARNING, ERROR).")
+    log_json: bool = Field(False, description="Log as JSON lines instead of text.")
+
+    bus: BusBackend = Field(BusBackend.EMBEDDED, description="Event bus: embedded or kafka.")
+    index: IndexBackend = Field(
+        IndexBackend.EMBEDDED, description="Search index: embedded or elasticsearch."
+    )
+    blobs: BlobBackend = Field(BlobBackend.FILESYSTEM, description="Blob store: filesystem or s3.")
+
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
+    kafka_partitions: int = Field(6, description="Partitions of each topic dicomflow creates.")
+    topic_prefix: str = Field("dicomflow", description="Prefix of every topic name.")
+    elasticsearch_url: str = Field("http://127.0.0.1:9200", description="Elasticsearch URL.")
+    elasticsearch_prefix: str = Field(
+        "dicomflow", description="Prefix of the Elasticsearch index names."
+    )
+    s3_endpoint: str = Field("127.0.0.1:9000", description="S3 endpoint host:port.")
+    s3_secure: bool = Field(False, description="Use HTTPS for S3.")
+    s3_access_key: SecretStr = Field(SecretStr(""), description="S3 access key.")
+    s3_secret_key: SecretStr = Field(SecretStr(""), description="S3 secret key.")
+    s3_bucket_prefix: str = Field("dicomflow", description="Prefix of the S3 bucket names.")
+
+    deid_secret: SecretStr = Field(
+        SecretStr(PLACEHOLDER_SECRET),
+        description="Key of the keyed hash that makes pseudonymous UIDs and IDs. Keep it secret.",
+    )
+    deid_uid_root: str = Field(
+        "2.25", description="UID root of pseudonymous UIDs (2.25 = UUID-derived, no registration)."
+    )
+    deid_retain_longitudinal: bool = Field(
+        False,
+        description="Retain Longitudinal Temporal Information (keep dates instead of shifting).",
+    )
+    deid_retain_patient_characteristics: bool = Field(
+        False, description="Retain Patient Characteristics (sex, age, size, weight)."
+    )
+    deid_retain_device_identity: bool = Field(
+        False, description="Retain Device Identity (station name, serial numbers)."
+    )
+
+    processors: str = Field(
+        "", description="Comma-separated allowlist of processors to run (empty = all installed)."
+    )
+    plugins: str = Field(
+        "",
+        description="Comma-separated allowlist of third-party plugin entry points to load "
+        "(empty = all installed, '-' = none).",
+    )
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title_is_valid(cls, value: str) -> str:
+        stripped = value.strip()
+        if not 0 < len(stripped) <= 16 or "\\" in stripped or not stripped.isprintable():
+            raise ValueError("AE title must be 1-16 printable characters without backslash")
+        return stripped
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = _config_file()
+        if config is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config))
+        return tuple(sources)
+
+    def check_secrets(self) -> None:
+        """Refuse to run outside dev mode while a secret still holds its placeholder."""
+        if self.dev_mode:
+            return
+        if self.deid_secret.get_secret_value() in ("", PLACEHOLDER_SECRET):
+            raise ValueError(
+                "DICOMFLOW_DEID_SECRET still holds its placeholder: set a long random value "
+                "(or DICOMFLOW_DEV_MODE=true for a test setup)"
+            )
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+
+@lru_cache(maxsize=1)
+def get_settings(**overrides: Any) -> Settings:
+    """The process-wide settings, built on first use (never at import time)."""
+    return Settings(**overrides)

@@ -1,0 +1,33 @@
+"""Shared fixtures: settings on a temporary data directory, synthetic datasets, free ports."""
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+
+from dicomflow.kernel.settings import Settings
+from dicomflow.synthetic import PatientSpec, iter_study_tree, make_instance
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", dicom_port=free_port(), http_port=free_port())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def ct_instance() -> Dataset:
+    return make_instance(PatientSpec(), 0, 0, 0)
+
+
+@pytest.fixture
+def small_tree() -> Iterator[Dataset]:
+    return iter_study_tree(patients=2, series_per_study=2, instances_per_series=3)

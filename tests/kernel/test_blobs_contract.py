@@ -1,0 +1,59 @@
+"""The contract every BlobStore implementation passes (filesystem; S3 in integration)."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dicomflow.kernel.blobs.base import BlobStore, InvalidBlobKey, sha256_of
+from dicomflow.kernel.blobs.filesystem import FilesystemBlobStore
+from dicomflow.kernel.events import Namespace
+from dicomflow.kernel.exceptions import BlobNotFound, ChecksumMismatch
+
+
+@pytest.fixture(params=["filesystem"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
+    blob_store = FilesystemBlobStore(tmp_path / "blobs")
+    yield blob_store
+    blob_store.close()
+
+
+def test_put_get_stat_delete(store: BlobStore) -> None:
+    data = b"DICM" * 1000
+    ref = store.put(Namespace.ORIGINAL, "1.2/1.2.3/1.2.3.4.dcm", data)
+    assert ref.size == len(data) and ref.sha256 == sha256_of(data)
+    assert store.get(Namespace.ORIGINAL, "1.2/1.2.3/1.2.3.4.dcm") == data
+    assert store.get_verified(ref) == data
+    assert store.stat(Namespace.ORIGINAL, "1.2/1.2.3/1.2.3.4.dcm") == ref
+    assert list(store.keys(Namespace.ORIGINAL)) == ["1.2/1.2.3/1.2.3.4.dcm"]
+    store.delete(Namespace.ORIGINAL, "1.2/1.2.3/1.2.3.4.dcm")
+    assert store.stat(Namespace.ORIGINAL, "1.2/1.2.3/1.2.3.4.dcm") is None
+    store.delete(Namespace.ORIGINAL, "1.2/1.2.3/1.2.3.4.dcm")  # absent: not an error
+
+
+def test_namespaces_are_separate_and_overwrite_is_idempotent(store: BlobStore) -> None:
+    store.put(Namespace.ORIGINAL, "a/b.dcm", b"one")
+    store.put(Namespace.ORIGINAL, "a/b.dcm", b"two")
+    assert store.get(Namespace.ORIGINAL, "a/b.dcm") == b"two"
+    with pytest.raises(BlobNotFound):
+        store.get(Namespace.DEIDENTIFIED, "a/b.dcm")
+
+
+def test_large_object_round_trip(store: BlobStore) -> None:
+    data = bytes(range(256)) * (24 * 1024 * 4)  # 24 MiB
+    ref = store.put(Namespace.ORIGINAL, "big/object.dcm", data)
+    assert store.get_verified(ref) == data
+
+
+@pytest.mark.parametrize("key", ["../x", "a/../../x", "/etc/passwd", "", "a//b", ".", "a/..", "a\\b"])
+def test_hostile_keys_are_refused(store: BlobStore, key: str) -> None:
+    with pytest.raises(InvalidBlobKey):
+        store.put(Namespace.ORIGINAL, key, b"x")
+
+
+def test_corruption_is_detected(store: BlobStore, tmp_path: Path) -> None:
+    ref = store.put(Namespace.ORIGINAL, "c/d.dcm", b"original bytes")
+    if isinstance(store, FilesystemBlobStore):
+        (store.root / "original" / "c" / "d.dcm").write_bytes(b"tampered bytes")
+    with pytest.raises(ChecksumMismatch):
+        store.get_verified(ref)

@@ -1,0 +1,124 @@
+"""The contract every EventBus implementation passes (embedded log; Kafka in integration)."""
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dicomflow.kernel.bus.base import EventBus, OutgoingRecord
+from dicomflow.kernel.bus.embedded import EmbeddedBus
+
+BusFactory = Callable[[], EventBus]
+
+
+@pytest.fixture(params=["embedded"])
+def bus_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BusFactory]:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    opened: list[EventBus] = []
+
+    def factory() -> EventBus:
+        bus = EmbeddedBus(tmp_path / "events", topic_prefix=prefix)
+        opened.append(bus)
+        return bus
+
+    yield factory
+    for bus in opened:
+        bus.close()
+
+
+def _drain(consumer, want: int, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    got = []
+    for _ in range(100):
+        got.extend(consumer.poll(500, timeout=timeout / 100))
+        if len(got) >= want:
+            break
+    return got
+
+
+def test_published_records_are_consumed_in_key_order(bus_factory: BusFactory) -> None:
+    bus = bus_factory()
+    topic = bus.topic("received")
+    producer = bus.producer()
+    producer.publish_many(
+        [OutgoingRecord(topic, f"study{i % 3}", f"v{i}".encode(), {"n": str(i)}) for i in range(30)]
+    )
+    consumer = bus.consumer(f"{bus.topic_prefix}.g1", [topic])
+    records = _drain(consumer, 30)
+    assert len(records) == 30
+    for key in ("study0", "study1", "study2"):
+        values = [int(r.value[1:]) for r in records if r.key == key]
+        assert values == sorted(values)
+    assert {r.headers["n"] for r in records} == {str(i) for i in range(30)}
+
+
+def test_committed_offsets_survive_a_new_consumer(bus_factory: BusFactory) -> None:
+    bus = bus_factory()
+    topic = bus.topic("received")
+    bus.producer().publish_many([OutgoingRecord(topic, "k", str(i).encode()) for i in range(10)])
+    group = f"{bus.topic_prefix}.g"
+    first = bus.consumer(group, [topic])
+    records = _drain(first, 10)
+    first.commit(records[:4])
+    first.close()
+    second = bus.consumer(group, [topic])
+    rest = _drain(second, 6)
+    assert [r.value for r in rest] == [str(i).encode() for i in range(4, 10)]
+    assert second.lag() == 6
+    second.commit(rest)
+    assert second.lag() == 0
+
+
+def test_uncommitted_records_are_delivered_again(bus_factory: BusFactory) -> None:
+    bus = bus_factory()
+    topic = bus.topic("received")
+    bus.producer().publish_many([OutgoingRecord(topic, "k", str(i).encode()) for i in range(5)])
+    consumer = bus.consumer(f"{bus.topic_prefix}.g", [topic])
+    first = _drain(consumer, 5)
+    consumer.seek_to_committed()
+    again = _drain(consumer, 5)
+    assert [r.value for r in again] == [r.value for r in first]
+
+
+def test_groups_are_independent_and_replay_from_the_beginning(bus_factory: BusFactory) -> None:
+    bus = bus_factory()
+    topic = bus.topic("stored")
+    bus.producer().publish_many([OutgoingRecord(topic, "k", str(i).encode()) for i in range(7)])
+    a = bus.consumer(f"{bus.topic_prefix}.a", [topic])
+    a.commit(_drain(a, 7))
+    b = bus.consumer(f"{bus.topic_prefix}.b", [topic])
+    assert len(_drain(b, 7)) == 7
+    a.seek_to_beginning()
+    assert len(_drain(a, 7)) == 7
+    assert bus.group_lag(f"{bus.topic_prefix}.a", [topic]) == 0
+    assert bus.group_lag(f"{bus.topic_prefix}.b", [topic]) == 7
+
+
+def test_concurrent_publishers_lose_nothing(bus_factory: BusFactory) -> None:
+    bus = bus_factory()
+    topic = bus.topic("received")
+
+    def publish(worker: int) -> None:
+        producer = bus.producer()
+        for i in range(50):
+            producer.publish(topic, f"s{worker}", f"{worker}:{i}".encode())
+
+    threads = [threading.Thread(target=publish, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    consumer = bus.consumer(f"{bus.topic_prefix}.g", [topic])
+    values = {r.value for r in _drain(consumer, 400)}
+    assert len(values) == 400
+    assert bus.topic_sizes()[topic] == 400
+
+
+def test_records_survive_reopening(bus_factory: BusFactory) -> None:
+    bus = bus_factory()
+    topic = bus.topic("received")
+    bus.producer().publish(topic, "k", b"durable")
+    bus.close()
+    reopened = bus_factory()
+    assert [r.value for r in reopened.read(topic)] == [b"durable"]
