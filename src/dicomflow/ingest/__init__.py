@@ -1,0 +1,1 @@
+"""Edges that receive objects: the DICOM SCP, STOW-RS and bulk import."""

@@ -1,0 +1,142 @@
+"""The DICOM SCP: C-ECHO and C-STORE for every storage SOP class, thin handlers.
+
+The C-STORE handler takes the encoded bytes as received (no decode/re-encode of pixel data),
+hands them to the `DurableReceiver` and answers Success only once the object is durable.
+Refusals map to DICOM statuses with an ErrorComment saying why.
+"""
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import AE, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicomflow.ingest.exceptions import IngestError, InvalidObject
+from dicomflow.ingest.receiver import DurableReceiver, identity_of
+from dicomflow.kernel.events import Source, SourceKind
+from dicomflow.kernel.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_PROCESSING_FAILURE = 0x0110
+
+# Every transfer syntax pydicom knows, the uncompressed ones first (preferred when a
+# requestor proposes several in one context).
+TRANSFER_SYNTAXES: list[str] = sorted(
+    (str(uid) for uid in AllTransferSyntaxes),
+    key=lambda uid: (
+        uid
+        not in (
+            "1.2.840.10008.1.2.1",
+            "1.2.840.10008.1.2",
+        ),
+        uid,
+    ),
+)
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    # ErrorComment is LO: at most 64 characters.
+    status.ErrorComment = comment.replace("\\", "/")[:64]
+    return status
+
+
+def store_status(error: IngestError) -> Dataset:
+    return _status(error.dimse_status, str(error))
+
+
+def source_of(event: Any) -> Source:
+    assoc = event.assoc
+    return Source(
+        kind=SourceKind.DIMSE,
+        calling_ae=str(assoc.requestor.ae_title).strip(),
+        called_ae=str(assoc.acceptor.ae_title).strip(),
+        address=f"{assoc.requestor.address}:{assoc.requestor.port}",
+    )
+
+
+def make_store_handler(receiver: DurableReceiver) -> Callable[[Any], int | Dataset]:
+    def handle_store(event: Any) -> int | Dataset:
+        try:
+            try:
+                ds = event.dataset
+            except Exception as exc:  # pydicom raises many types on corrupt input
+                raise InvalidObject(f"malformed dataset: {type(exc).__name__}") from exc
+            identity = identity_of(ds, str(event.context.transfer_syntax))
+            requested = str(event.request.AffectedSOPInstanceUID or "").strip()
+            if requested and requested != identity.sop_instance_uid:
+                raise InvalidObject("AffectedSOPInstanceUID differs from the dataset's")
+            receiver.receive(event.encoded_dataset(include_meta=True), identity, source_of(event))
+        except IngestError as exc:
+            log.warning("C-STORE refused: %s", exc)
+            return store_status(exc)
+        except Exception as exc:
+            log.exception("C-STORE failed")
+            return _status(STATUS_PROCESSING_FAILURE, f"processing failure: {type(exc).__name__}")
+        return STATUS_SUCCESS
+
+    return handle_store
+
+
+def tune_socket(event: Any) -> None:
+    """Disable Nagle and delayed ACKs on accepted connections (cuts stalls with Nagle clients)."""
+    try:
+        sock = event.assoc.dul.socket.socket
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if hasattr(socket, "TCP_QUICKACK"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+    except (AttributeError, OSError):  # a notification handler must never fail
+        return
+
+
+class ReusePortServer(ThreadedAssociationServer):
+    """An association server whose port several worker processes can share (SO_REUSEPORT)."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def build_ae(settings: Settings) -> AE:
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_pdu_size = settings.dicom_max_pdu
+    ae.maximum_associations = settings.dicom_max_associations
+    ae.require_called_aet = False
+    ae.network_timeout = 60
+    ae.dimse_timeout = 60
+    ae.acse_timeout = 30
+    ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
+    for context in AllStoragePresentationContexts:
+        if context.abstract_syntax is not None:
+            ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+    return ae
+
+
+def start_scp(
+    settings: Settings, receiver: DurableReceiver, reuse_port: bool = False
+) -> ThreadedAssociationServer:
+    """Start the SCP in background threads; call `.shutdown()` on the result to stop it."""
+    ae = build_ae(settings)
+    handlers: list[Any] = [
+        (evt.EVT_C_STORE, make_store_handler(receiver)),
+        (evt.EVT_CONN_OPEN, tune_socket),
+    ]
+    server: ThreadedAssociationServer = ae.make_server(
+        (settings.dicom_host, settings.dicom_port),
+        evt_handlers=handlers,
+        server_class=ReusePortServer if reuse_port else None,
+    )
+    ae._servers.append(server)  # as AE.start_server does: server.shutdown() expects it
+    threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True).start()
+    return server

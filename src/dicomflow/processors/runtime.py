@@ -1,0 +1,182 @@
+"""Runs processors: poll a batch, handle it, publish the results, then commit (at-least-once).
+
+Failure handling, in the order the runtime applies it:
+- `BackPressure` / `BackendUnavailable` from the processor or the bus: nothing is committed; the
+  consumer seeks back to its last commit and retries after a growing pause. Nothing is dropped.
+- any other exception for one record (a poison event): the record goes to the dead-letter
+  topic with the group, the position and the reason, and the stream moves on.
+"""
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter, Gauge
+
+from dicomflow.kernel.bus.base import Consumer, OutgoingRecord, Producer, Record
+from dicomflow.kernel.events import DeadLetter, Topic, encode_event
+from dicomflow.kernel.exceptions import BackendUnavailable, BackPressure
+from dicomflow.processors.base import BatchResult, Processor
+
+log = logging.getLogger(__name__)
+
+PROCESSED = Counter("dicomflow_processor_records_total", "Records processed", ["processor"])
+DEAD_LETTERED = Counter(
+    "dicomflow_processor_dead_letters_total", "Records sent to the dead-letter topic", ["processor"]
+)
+RETRIES = Counter(
+    "dicomflow_processor_retries_total", "Batches retried after a transient failure", ["processor"]
+)
+LAG = Gauge("dicomflow_processor_lag", "Records not yet committed by the group", ["processor"])
+
+_MAX_BACKOFF = 30.0
+
+
+@dataclass
+class RunnerState:
+    """What the status page shows of one processor."""
+
+    name: str
+    processed: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    last_error: str = ""
+    last_error_at: float = 0.0
+    running: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def group_name(topic_prefix: str, processor_name: str) -> str:
+    return f"{topic_prefix}.{processor_name}"
+
+
+class ProcessorRunner:
+    """One processor's consume-process-publish-commit loop, run in a thread."""
+
+    def __init__(
+        self,
+        processor: Processor,
+        consumer: Consumer,
+        producer: Producer,
+        dead_letter_topic: str,
+        batch_size: int = 500,
+    ) -> None:
+        self.processor = processor
+        self.consumer = consumer
+        self.producer = producer
+        self.dead_letter_topic = dead_letter_topic
+        self.batch_size = batch_size
+        self.state = RunnerState(processor.name)
+        self._stop = threading.Event()
+        self._backoff = 0.0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        self.state.running = True
+        try:
+            while not self._stop.is_set():
+                self.step()
+        finally:
+            self.state.running = False
+            self.processor.close()
+            self.consumer.close()
+
+    def step(self, timeout: float = 0.5) -> int:
+        """Poll and process one batch; returns how many records were committed."""
+        records = self.consumer.poll(self.batch_size, timeout=timeout)
+        if not records:
+            self._update_lag()
+            return 0
+        try:
+            result = self._handle(records)
+            dead = [self._dead_letter(record, exc) for record, exc in result.failed]
+            self.producer.publish_many([*result.publish, *dead])
+            self.consumer.commit(records)
+        except (BackPressure, BackendUnavailable) as exc:
+            self._retry_later(exc)
+            return 0
+        try:
+            self.processor.after_commit(records)
+        except Exception as exc:  # the batch is safe; a failed clean-up is only reported
+            log.warning("%s: clean-up after commit failed: %s", self.processor.name, exc)
+        self._backoff = 0.0
+        self.state.processed += len(records)
+        self.state.dead_lettered += len(result.failed)
+        PROCESSED.labels(self.processor.name).inc(len(records))
+        if result.failed:
+            DEAD_LETTERED.labels(self.processor.name).inc(len(result.failed))
+        self._update_lag()
+        return len(records)
+
+    def _handle(self, records: Sequence[Record]) -> BatchResult:
+        try:
+            return self.processor.handle_batch(records)
+        except (BackPressure, BackendUnavailable):
+            raise
+        except Exception:
+            if len(records) == 1:
+                raise
+            # A batching sink failed as a whole: retry record by record to isolate the poison.
+            merged = BatchResult()
+            for record in records:
+                try:
+                    single = self.processor.handle_batch([record])
+                except (BackPressure, BackendUnavailable):
+                    raise
+                except Exception as exc:
+                    merged.failed.append((record, exc))
+                    continue
+                merged.publish.extend(single.publish)
+                merged.failed.extend(single.failed)
+            return merged
+
+    def _dead_letter(self, record: Record, exc: BaseException) -> OutgoingRecord:
+        reason = str(exc) or type(exc).__name__
+        log.warning(
+            "dead-lettered %s[%d]@%d in %s: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            self.processor.name,
+            reason,
+        )
+        self.state.last_error = reason
+        self.state.last_error_at = time.time()
+        letter = DeadLetter(
+            group=self.processor.name,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            payload=record.value,
+            error_type=type(exc).__name__,
+            reason=reason[:2000],
+        )
+        return OutgoingRecord(self.dead_letter_topic, record.key, encode_event(letter))
+
+    def _retry_later(self, exc: BaseException) -> None:
+        self.consumer.seek_to_committed()
+        retry_after = exc.retry_after if isinstance(exc, BackPressure) else 0.0
+        self._backoff = min(_MAX_BACKOFF, max(retry_after, self._backoff * 2 or 0.5))
+        self.state.retries += 1
+        self.state.last_error = f"{type(exc).__name__}: {exc}"
+        self.state.last_error_at = time.time()
+        RETRIES.labels(self.processor.name).inc()
+        log.warning(
+            "%s: transient failure, retrying in %.1fs: %s", self.processor.name, self._backoff, exc
+        )
+        self._stop.wait(self._backoff)
+
+    def _update_lag(self) -> None:
+        # Lag is only a metric: a bus error here surfaces in the next poll.
+        with contextlib.suppress(Exception):
+            LAG.labels(self.processor.name).set(self.consumer.lag())
+
+
+def dead_letter_topic(topic_prefix: str) -> str:
+    return f"{topic_prefix}.{Topic.DEAD_LETTER}"

@@ -1,0 +1,94 @@
+"""The storage processor: moves each received object from the spool into the blob store.
+
+The original is stored byte for byte under a key built from validated UIDs
+(``<study>/<series>/<sop>.dcm`` in the ``original`` namespace), then announced on the
+``stored`` topic, which the metadata and de-identification processors consume. The spool copy
+is freed only after that announcement is durable and the offset committed.
+"""
+
+import logging
+from collections.abc import Sequence
+
+from dicomflow.kernel.bus.base import OutgoingRecord, Record
+from dicomflow.kernel.events import (
+    BlobRef,
+    Namespace,
+    ObjectReceived,
+    ObjectStored,
+    Topic,
+    decode_event,
+    encode_event,
+)
+from dicomflow.kernel.exceptions import BlobNotFound, ChecksumMismatch, InvalidUID
+from dicomflow.kernel.uids import instance_key
+from dicomflow.processors.base import Processor
+from dicomflow.processors.exceptions import PoisonEvent
+from dicomflow.processors.hookspecs import hookimpl
+
+log = logging.getLogger(__name__)
+
+
+class StorageProcessor(Processor):
+    name = "storage"
+    topics = (Topic.RECEIVED,)
+    description = "Stores each received original in the blob store, keyed by its UIDs."
+
+    def handle(self, record: Record) -> list[OutgoingRecord]:
+        try:
+            event = decode_event(record.value, ObjectReceived)
+        except ValueError as exc:
+            raise PoisonEvent(f"not an ObjectReceived event: {exc}") from exc
+        identity = event.identity
+        try:
+            key = instance_key(
+                identity.study_instance_uid,
+                identity.series_instance_uid,
+                identity.sop_instance_uid,
+            )
+        except InvalidUID as exc:
+            raise PoisonEvent(str(exc)) from exc
+        stored = self._store(event, key)
+        if stored is None:
+            return []
+        out = ObjectStored(
+            identity=identity,
+            blob=stored,
+            source=event.source,
+            received_at=event.received_at,
+        )
+        return [
+            OutgoingRecord(
+                self.context.topic(Topic.STORED), identity.study_instance_uid, encode_event(out)
+            )
+        ]
+
+    def _store(self, event: ObjectReceived, key: str) -> BlobRef | None:
+        try:
+            data = self.context.spool.get_verified(event.blob)
+        except BlobNotFound:
+            # Re-delivery after the spool copy was freed: the original is already stored.
+            existing = self.context.blobs.stat(Namespace.ORIGINAL, key)
+            if existing is not None and existing.sha256 == event.blob.sha256:
+                return existing
+            if existing is not None:
+                log.info("%s: superseded by a later copy of the same instance", key)
+                return None
+            raise PoisonEvent(
+                f"spool object {event.blob.key} of {event.identity.sop_instance_uid} is missing"
+            ) from None
+        except ChecksumMismatch as exc:
+            raise PoisonEvent(f"spool object is corrupt: {exc}") from exc
+        return self.context.blobs.put(Namespace.ORIGINAL, key, data)
+
+    def after_commit(self, records: Sequence[Record]) -> None:
+        for record in records:
+            try:
+                event = decode_event(record.value, ObjectReceived)
+            except ValueError:
+                continue
+            self.context.spool.delete(Namespace.SPOOL, event.blob.key)
+
+
+@hookimpl
+def register_processors() -> list[type[Processor]]:
+    return [StorageProcessor]

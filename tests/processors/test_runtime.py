@@ -1,0 +1,97 @@
+"""The processor runtime: publish-then-commit, dead letters, retries on back-pressure."""
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from dicomflow.kernel.blobs.filesystem import FilesystemBlobStore
+from dicomflow.kernel.bus.base import OutgoingRecord, Record
+from dicomflow.kernel.bus.embedded import EmbeddedBus
+from dicomflow.kernel.events import DeadLetter, Topic, decode_event
+from dicomflow.kernel.exceptions import BackPressure
+from dicomflow.kernel.settings import Settings
+from dicomflow.processors.base import Processor, ProcessorContext
+from dicomflow.processors.runtime import ProcessorRunner, dead_letter_topic
+
+
+class Echo(Processor):
+    name = "echo"
+    topics: ClassVar[tuple[Topic, ...]] = (Topic.RECEIVED,)
+    pressure_left = 0
+
+    def handle(self, record: Record) -> list[OutgoingRecord]:
+        if record.value == b"poison":
+            raise ValueError("cannot digest poison")
+        if Echo.pressure_left > 0:
+            Echo.pressure_left -= 1
+            raise BackPressure("index is busy", retry_after=0.01)
+        return [OutgoingRecord(self.context.topic(Topic.STORED), record.key, record.value)]
+
+
+@pytest.fixture
+def bus(tmp_path: Path) -> EmbeddedBus:
+    return EmbeddedBus(tmp_path / "events")
+
+
+def _runner(bus: EmbeddedBus, tmp_path: Path) -> ProcessorRunner:
+    context = ProcessorContext(
+        settings=Settings(data_dir=tmp_path),
+        bus=bus,
+        blobs=FilesystemBlobStore(tmp_path / "blobs"),
+        spool=FilesystemBlobStore(tmp_path / "spool"),
+    )
+    consumer = bus.consumer("dicomflow.echo", [bus.topic(Topic.RECEIVED)])
+    return ProcessorRunner(Echo(context), consumer, bus.producer(), dead_letter_topic("dicomflow"))
+
+
+def test_poison_goes_to_dead_letters_and_the_stream_moves_on(
+    bus: EmbeddedBus, tmp_path: Path
+) -> None:
+    topic = bus.topic(Topic.RECEIVED)
+    producer = bus.producer()
+    for value in (b"a", b"poison", b"b"):
+        producer.publish(topic, "study", value)
+    runner = _runner(bus, tmp_path)
+    assert runner.step(timeout=1) == 3
+    assert [r.value for r in bus.read(bus.topic(Topic.STORED))] == [b"a", b"b"]
+    letters = bus.read(bus.topic(Topic.DEAD_LETTER))
+    assert len(letters) == 1
+    letter = decode_event(letters[0].value, DeadLetter)
+    assert letter.reason == "cannot digest poison"
+    assert letter.payload == b"poison" and letter.group == "echo" and letter.offset == 1
+    assert runner.consumer.lag() == 0
+
+
+def test_back_pressure_retries_without_loss_or_commit(bus: EmbeddedBus, tmp_path: Path) -> None:
+    topic = bus.topic(Topic.RECEIVED)
+    bus.producer().publish(topic, "study", b"x")
+    runner = _runner(bus, tmp_path)
+    Echo.pressure_left = 2
+    assert runner.step(timeout=1) == 0
+    assert runner.consumer.lag() == 1
+    assert runner.step(timeout=1) == 0
+    assert runner.step(timeout=1) == 1
+    assert [r.value for r in bus.read(bus.topic(Topic.STORED))] == [b"x"]
+    assert runner.state.retries == 2
+
+
+class FailingSink(Echo):
+    name = "sink"
+
+    def handle_batch(self, records: Sequence[Record]):  # type: ignore[no-untyped-def]
+        if any(r.value == b"poison" for r in records):
+            raise RuntimeError("bulk write rejected a document")
+        return super().handle_batch(records)
+
+
+def test_a_failing_batch_sink_isolates_the_poison_record(bus: EmbeddedBus, tmp_path: Path) -> None:
+    topic = bus.topic(Topic.RECEIVED)
+    for value in (b"a", b"poison", b"b"):
+        bus.producer().publish(topic, "study", value)
+    runner = _runner(bus, tmp_path)
+    runner.processor = FailingSink(runner.processor.context)
+    assert runner.step(timeout=1) == 3
+    assert [r.value for r in bus.read(bus.topic(Topic.STORED))] == [b"a", b"b"]
+    assert len(bus.read(bus.topic(Topic.DEAD_LETTER))) == 1
