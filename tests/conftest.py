@@ -1,5 +1,6 @@
 """Shared fixtures: settings on a temporary data directory, synthetic datasets, free ports."""
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,3 +32,18 @@ def ct_instance() -> Dataset:
 @pytest.fixture
 def small_tree() -> Iterator[Dataset]:
     return iter_study_tree(patients=2, series_per_study=2, instances_per_series=3)
+
+
+def service_setting(name: str) -> str:
+    """A DICOMFLOW_* setting of the real test services (written by scripts/services.sh up).
+
+    In CI (or with DICOMFLOW_REQUIRE_SERVICES=1, as scripts/test.sh sets) a missing service is
+    a failure, never a silent skip.
+    """
+    value = os.environ.get(name, "")
+    if value:
+        return value
+    message = f"{name} is not set: run `bash scripts/services.sh up` and source .services.env"
+    if os.environ.get("CI") or os.environ.get("DICOMFLOW_REQUIRE_SERVICES"):
+        pytest.fail(message)
+    pytest.skip(message)

@@ -9,10 +9,10 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     MRImageStorage,
-    PYDICOM_IMPLEMENTATION_UID,
     SecondaryCaptureImageStorage,
 )
 
@@ -49,7 +49,7 @@ def make_instance(
     study_uid = uid_for(seed, patient.patient_id, study_index)
     series_uid = uid_for(seed, patient.patient_id, study_index, series_index)
     sop_uid = uid_for(seed, patient.patient_id, study_index, series_index, instance_index)
-    sop_class = SOP_CLASSES.get(modality, SecondaryCaptureImageStorage)
+    sop_class: str = SOP_CLASSES.get(modality, SecondaryCaptureImageStorage)
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class

@@ -1,9 +1,11 @@
 """The contract every BlobStore implementation passes (filesystem; S3 in integration)."""
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.conftest import service_setting
 
 from dicomflow.kernel.blobs.base import BlobStore, InvalidBlobKey, sha256_of
 from dicomflow.kernel.blobs.filesystem import FilesystemBlobStore
@@ -11,9 +13,20 @@ from dicomflow.kernel.events import Namespace
 from dicomflow.kernel.exceptions import BlobNotFound, ChecksumMismatch
 
 
-@pytest.fixture(params=["filesystem"])
+@pytest.fixture(params=["filesystem", pytest.param("s3", marks=pytest.mark.integration)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
-    blob_store = FilesystemBlobStore(tmp_path / "blobs")
+    blob_store: BlobStore
+    if request.param == "s3":
+        from dicomflow.kernel.blobs.s3 import S3BlobStore
+
+        blob_store = S3BlobStore(
+            endpoint=service_setting("DICOMFLOW_S3_ENDPOINT"),
+            access_key=service_setting("DICOMFLOW_S3_ACCESS_KEY"),
+            secret_key=service_setting("DICOMFLOW_S3_SECRET_KEY"),
+            bucket_prefix=f"t{uuid.uuid4().hex[:10]}",
+        )
+    else:
+        blob_store = FilesystemBlobStore(tmp_path / "blobs")
     yield blob_store
     blob_store.close()
 
@@ -45,7 +58,9 @@ def test_large_object_round_trip(store: BlobStore) -> None:
     assert store.get_verified(ref) == data
 
 
-@pytest.mark.parametrize("key", ["../x", "a/../../x", "/etc/passwd", "", "a//b", ".", "a/..", "a\\b"])
+@pytest.mark.parametrize(
+    "key", ["../x", "a/../../x", "/etc/passwd", "", "a//b", ".", "a/..", "a\\b"]
+)
 def test_hostile_keys_are_refused(store: BlobStore, key: str) -> None:
     with pytest.raises(InvalidBlobKey):
         store.put(Namespace.ORIGINAL, key, b"x")
@@ -55,5 +70,8 @@ def test_corruption_is_detected(store: BlobStore, tmp_path: Path) -> None:
     ref = store.put(Namespace.ORIGINAL, "c/d.dcm", b"original bytes")
     if isinstance(store, FilesystemBlobStore):
         (store.root / "original" / "c" / "d.dcm").write_bytes(b"tampered bytes")
+    else:
+        # Another writer replaces the object behind the reference's back.
+        store.put(Namespace.ORIGINAL, "c/d.dcm", b"tampered bytes")
     with pytest.raises(ChecksumMismatch):
         store.get_verified(ref)

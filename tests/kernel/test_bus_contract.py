@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tests.conftest import service_setting
 
 from dicomflow.kernel.bus.base import EventBus, OutgoingRecord
 from dicomflow.kernel.bus.embedded import EmbeddedBus
@@ -13,13 +14,20 @@ from dicomflow.kernel.bus.embedded import EmbeddedBus
 BusFactory = Callable[[], EventBus]
 
 
-@pytest.fixture(params=["embedded"])
+@pytest.fixture(params=["embedded", pytest.param("kafka", marks=pytest.mark.integration)])
 def bus_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BusFactory]:
     prefix = f"t{uuid.uuid4().hex[:8]}"
     opened: list[EventBus] = []
+    bootstrap = service_setting("DICOMFLOW_KAFKA_BOOTSTRAP") if request.param == "kafka" else ""
 
     def factory() -> EventBus:
-        bus = EmbeddedBus(tmp_path / "events", topic_prefix=prefix)
+        bus: EventBus
+        if request.param == "kafka":
+            from dicomflow.kernel.bus.kafka import KafkaBus
+
+            bus = KafkaBus(bootstrap, topic_prefix=prefix, partitions=3)
+        else:
+            bus = EmbeddedBus(tmp_path / "events", topic_prefix=prefix)
         opened.append(bus)
         return bus
 
@@ -28,7 +36,7 @@ def bus_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BusF
         bus.close()
 
 
-def _drain(consumer, want: int, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+def _drain(consumer, want: int, timeout: float = 30.0):  # type: ignore[no-untyped-def]
     got = []
     for _ in range(100):
         got.extend(consumer.poll(500, timeout=timeout / 100))

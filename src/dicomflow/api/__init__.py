@@ -1,0 +1,1 @@
+"""The HTTP API: DICOMweb, free-text search, pipeline status and metrics."""

@@ -1,0 +1,47 @@
+"""The FastAPI application factory."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from dicomflow import __version__
+from dicomflow.api.deps import AppState
+from dicomflow.api.problems import install_problem_handlers
+from dicomflow.api.routes import dicomweb, search, status
+from dicomflow.indexer import open_index
+from dicomflow.kernel.backends import open_blob_store, open_bus
+from dicomflow.kernel.events import Namespace
+from dicomflow.kernel.settings import Settings
+
+
+def create_app(settings: Settings) -> FastAPI:
+    state = AppState(
+        settings=settings,
+        index=open_index(settings),
+        blobs=open_blob_store(settings),
+        bus=open_bus(settings),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        state.index.close()
+        state.blobs.close()
+        state.bus.close()
+
+    app = FastAPI(
+        title="dicomflow",
+        version=__version__,
+        description="DICOMweb (QIDO-RS, WADO-RS), Lucene-style search and pipeline status.",
+        lifespan=lifespan,
+    )
+    app.state.dicomflow = state
+    install_problem_handlers(app)
+    app.include_router(status.router)
+    app.include_router(search.router)
+    app.include_router(
+        dicomweb.build_router(Namespace.DEIDENTIFIED), prefix="/dicomweb/deidentified"
+    )
+    app.include_router(dicomweb.build_router(Namespace.ORIGINAL), prefix="/dicomweb")
+    return app

@@ -1,0 +1,47 @@
+"""FastAPI dependencies: the back ends opened once per app, handed to routes by type."""
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from dicomflow.indexer.base import StudyIndex
+from dicomflow.kernel.blobs.base import BlobStore
+from dicomflow.kernel.bus.base import EventBus
+from dicomflow.kernel.settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    index: StudyIndex
+    blobs: BlobStore
+    bus: EventBus
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.dicomflow
+    return state
+
+
+def get_settings_dep(state: "StateDep") -> Settings:
+    return state.settings
+
+
+def get_index(state: "StateDep") -> StudyIndex:
+    return state.index
+
+
+def get_blobs(state: "StateDep") -> BlobStore:
+    return state.blobs
+
+
+def get_bus(state: "StateDep") -> EventBus:
+    return state.bus
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+IndexDep = Annotated[StudyIndex, Depends(get_index)]
+BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
+BusDep = Annotated[EventBus, Depends(get_bus)]

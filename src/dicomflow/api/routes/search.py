@@ -1,0 +1,57 @@
+"""Free-text and field search with the Lucene-style syntax of Dicoogle's query box."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+
+from dicomflow.api.deps import IndexDep
+from dicomflow.indexer.base import Level, SearchRequest, flatten
+from dicomflow.indexer.query import parse_lucene
+from dicomflow.kernel.events import Namespace
+
+router = APIRouter(tags=["search"])
+
+
+class SearchResultsPublic(BaseModel):
+    total: int
+    level: Level
+    namespace: Namespace
+    limit: int
+    offset: int
+    results: list[dict[str, Any]]
+
+
+@router.get("/api/search", summary="Search with Lucene-style syntax", response_model=None)
+def search(
+    index: IndexDep,
+    q: Annotated[
+        str,
+        Query(
+            max_length=4000,
+            description="e.g. PatientName:DOE* AND Modality:CT AND "
+            "StudyDate:[20200101 TO 20201231]; empty matches everything",
+        ),
+    ] = "",
+    level: Level = Level.STUDY,
+    namespace: Namespace = Namespace.ORIGINAL,
+    limit: Annotated[int, Query(ge=0, le=10_000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> SearchResultsPublic:
+    result = index.search(
+        SearchRequest(
+            namespace=namespace,
+            level=level,
+            query=parse_lucene(q),
+            limit=limit,
+            offset=offset,
+        )
+    )
+    return SearchResultsPublic(
+        total=result.total,
+        level=level,
+        namespace=namespace,
+        limit=limit,
+        offset=offset,
+        results=[flatten(item) for item in result.results],
+    )

@@ -1,0 +1,98 @@
+"""Health, pipeline status and Prometheus metrics."""
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+from dicomflow.api.deps import BusDep, IndexDep, SettingsDep
+from dicomflow.kernel.events import DeadLetter, Namespace, Topic, decode_event
+from dicomflow.processors.plugins import plugin_manager, processor_classes, select
+from dicomflow.processors.runtime import group_name
+
+router = APIRouter(tags=["status"])
+
+
+class HealthPublic(BaseModel):
+    status: str
+
+
+class ProcessorStatusPublic(BaseModel):
+    name: str
+    topics: list[str]
+    lag: int
+
+
+class PipelineStatusPublic(BaseModel):
+    topics: dict[str, int]
+    processors: list[ProcessorStatusPublic]
+    dead_letters: int
+    index: dict[str, dict[str, int]]
+
+
+class DeadLetterPublic(BaseModel):
+    offset: int
+    group: str
+    topic: str
+    partition: int
+    source_offset: int
+    key: str | None
+    error_type: str
+    reason: str
+    failed_at: str
+
+
+@router.get("/healthz", summary="Liveness")
+def healthz() -> HealthPublic:
+    return HealthPublic(status="ok")
+
+
+@router.get("/api/status", summary="Pipeline status: topic sizes, lag, dead letters, counts")
+def pipeline_status(settings: SettingsDep, bus: BusDep, index: IndexDep) -> PipelineStatusPublic:
+    classes = select(processor_classes(plugin_manager(settings.plugins)), settings.processors)
+    sizes = bus.topic_sizes()
+    processors = [
+        ProcessorStatusPublic(
+            name=name,
+            topics=[bus.topic(t) for t in cls.topics],
+            lag=bus.group_lag(
+                group_name(settings.topic_prefix, name), [bus.topic(t) for t in cls.topics]
+            ),
+        )
+        for name, cls in classes.items()
+    ]
+    counts: dict[str, dict[str, int]] = {}
+    for namespace in (Namespace.ORIGINAL, Namespace.DEIDENTIFIED):
+        counts[namespace.value] = {str(k): v for k, v in index.counts(namespace).items()}
+    return PipelineStatusPublic(
+        topics=sizes,
+        processors=processors,
+        dead_letters=sizes.get(bus.topic(Topic.DEAD_LETTER), 0),
+        index=counts,
+    )
+
+
+@router.get("/api/deadletters", summary="Dead-lettered events with their reasons")
+def dead_letters(bus: BusDep, offset: int = 0, limit: int = 100) -> list[DeadLetterPublic]:
+    out: list[DeadLetterPublic] = []
+    for record in bus.read(bus.topic(Topic.DEAD_LETTER), offset, min(limit, 1000)):
+        letter = decode_event(record.value, DeadLetter)
+        out.append(
+            DeadLetterPublic(
+                offset=record.offset,
+                group=letter.group,
+                topic=letter.topic,
+                partition=letter.partition,
+                source_offset=letter.offset,
+                key=letter.key,
+                error_type=letter.error_type,
+                reason=letter.reason,
+                failed_at=letter.failed_at.isoformat(),
+            )
+        )
+    return out
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_model=None)
+def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,123 @@
+"""The `dicomflow` command: serve, import, processors."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from dicomflow import __version__
+from dicomflow.kernel.settings import get_settings
+
+console = Console()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dicomflow.roles import ALL_ROLES, configure_logging, run_role, serve_lock, supervise
+
+    settings = get_settings()
+    settings.check_secrets()
+    configure_logging(settings)
+    if args.role:
+        run_role(args.role)
+        return 0
+    with serve_lock(settings.data_dir) as locked:
+        if not locked:
+            console.print(
+                f"[red]another `dicomflow serve` already uses {settings.data_dir.resolve()}[/]"
+            )
+            return 1
+        console.print(f"[bold]dicomflow {__version__}[/] serving")
+        console.print(
+            f"  DICOM SCP   AE title {settings.ae_title} on "
+            f"{settings.dicom_host}:{settings.dicom_port} (C-ECHO, C-STORE)"
+        )
+        console.print(
+            f"  HTTP API    http://{settings.http_host}:{settings.http_port}/ "
+            "(DICOMweb /dicomweb, search /api/search, docs /docs, health /healthz)"
+        )
+        console.print(
+            f"  back ends   bus={settings.bus} index={settings.index} blobs={settings.blobs}"
+        )
+        console.print(f"  data        {settings.data_dir.resolve()}")
+        console.print("  stop with Ctrl-C or SIGTERM")
+        sys.stdout.flush()
+        code = supervise(list(ALL_ROLES), settings)
+        console.print("dicomflow stopped")
+        return code
+
+
+def cmd_processors(args: argparse.Namespace) -> int:
+    from dicomflow.processors.plugins import plugin_manager, processor_classes
+
+    settings = get_settings()
+    manager = plugin_manager(settings.plugins)
+    classes = processor_classes(manager)
+    enabled = {n.strip() for n in settings.processors.split(",") if n.strip()} or set(classes)
+    table = Table("name", "topics", "module", "enabled", "description")
+    for name, cls in classes.items():
+        table.add_row(
+            name,
+            ", ".join(str(t) for t in cls.topics),
+            cls.__module__,
+            "yes" if name in enabled else "no",
+            cls.description,
+        )
+    console.print(table)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from dicomflow.ingest.importer import run_import
+    from dicomflow.roles import wait_until_processed
+
+    settings = get_settings()
+    report = run_import(
+        settings,
+        [Path(p) for p in args.paths],
+        workers=args.workers,
+        console=console,
+        after_receive=None if args.no_wait else lambda p: wait_until_processed(settings, p),
+    )
+    return 0 if report.errors == 0 else 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dicomflow",
+        description="A DICOM archive built as an event-driven streaming pipeline.",
+    )
+    parser.add_argument("--version", action="version", version=f"dicomflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the archive (SCP, processors, API)")
+    serve.add_argument(
+        "--role",
+        help="run one role alone: ingest, processors, processor:NAME or api (default: all)",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    processors = sub.add_parser("processors", help="list the installed processors")
+    processors.set_defaults(func=cmd_processors)
+
+    imp = sub.add_parser("import", help="bulk-import folders of DICOM files")
+    imp.add_argument("paths", nargs="+", help="files or folders to import (recursively)")
+    imp.add_argument("--workers", type=int, default=0, help="parser processes (0 = one per core)")
+    imp.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="return once every object is durable, without waiting until it is searchable",
+    )
+    imp.set_defaults(func=cmd_import)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

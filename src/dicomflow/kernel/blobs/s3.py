@@ -1,0 +1,150 @@
+"""The scale-out blob store on any S3-compatible server (the `minio` client).
+
+One bucket per namespace (``<prefix>-original``, ``<prefix>-deidentified``, ``<prefix>-spool``).
+Objects are stored as ``application/dicom`` with their SHA-256 in the object metadata; a write is
+checked against the server's ETag (MD5 for single-part uploads), a verified read against the
+SHA-256. Objects over 16 MiB are uploaded in parts.
+"""
+
+import hashlib
+import io
+from collections.abc import Iterator
+from typing import Any
+
+from dicomflow.kernel.blobs.base import DICOM_CONTENT_TYPE, BlobStore, check_key, sha256_of
+from dicomflow.kernel.events import BlobRef, Namespace
+from dicomflow.kernel.exceptions import (
+    BackendUnavailable,
+    BlobNotFound,
+    ChecksumMismatch,
+    MissingExtra,
+)
+
+try:
+    import urllib3
+    from minio import Minio
+    from minio.error import S3Error
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise MissingExtra("minio", "s3") from exc
+
+_PART_SIZE = 16 * 1024 * 1024
+_SHA_META = "sha256"
+_NOT_FOUND = ("NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound")
+
+
+class S3BlobStore(BlobStore):
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        secure: bool = False,
+        bucket_prefix: str = "dicomflow",
+        region: str | None = None,
+    ) -> None:
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5, read=120),
+            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(502, 503, 504)),
+            maxsize=16,
+        )
+        self._client = Minio(
+            endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region,
+            http_client=http,
+        )
+        self._prefix = bucket_prefix
+        self._ready: set[str] = set()
+
+    def bucket(self, namespace: Namespace) -> str:
+        return f"{self._prefix}-{Namespace(namespace).value}"
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except S3Error as exc:
+            if exc.code in _NOT_FOUND:
+                raise BlobNotFound(f"{what}: {exc.code}") from None
+            raise BackendUnavailable(f"S3 {what} failed: {exc.code}: {exc.message}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise BackendUnavailable(f"S3 is not reachable ({what}): {exc}") from exc
+
+    def _ensure_bucket(self, namespace: Namespace) -> str:
+        name = self.bucket(namespace)
+        if name not in self._ready:
+            if not self._call("bucket_exists", self._client.bucket_exists, name):
+                try:
+                    self._call("make_bucket", self._client.make_bucket, name)
+                except BackendUnavailable:
+                    if not self._call("bucket_exists", self._client.bucket_exists, name):
+                        raise
+            self._ready.add(name)
+        return name
+
+    def put(self, namespace: Namespace, key: str, data: bytes) -> BlobRef:
+        check_key(key)
+        bucket = self._ensure_bucket(namespace)
+        digest = sha256_of(data)
+        result = self._call(
+            "put",
+            self._client.put_object,
+            bucket,
+            key,
+            io.BytesIO(data),
+            len(data),
+            content_type=DICOM_CONTENT_TYPE,
+            metadata={_SHA_META: digest},
+            part_size=_PART_SIZE,
+        )
+        etag = (result.etag or "").strip('"')
+        single_part = len(data) <= _PART_SIZE and etag and "-" not in etag
+        if single_part and etag != hashlib.md5(data, usedforsecurity=False).hexdigest():
+            raise ChecksumMismatch(f"S3 stored {key} with a different MD5 than sent")
+        return BlobRef(namespace=namespace, key=key, size=len(data), sha256=digest)
+
+    def get(self, namespace: Namespace, key: str) -> bytes:
+        check_key(key)
+        response = self._call("get", self._client.get_object, self.bucket(namespace), key)
+        try:
+            data: bytes = response.read()
+            return data
+        finally:
+            response.close()
+            response.release_conn()
+
+    def stat(self, namespace: Namespace, key: str) -> BlobRef | None:
+        check_key(key)
+        try:
+            info = self._call("stat", self._client.stat_object, self.bucket(namespace), key)
+        except BlobNotFound:
+            return None
+        metadata = {k.lower(): v for k, v in (info.metadata or {}).items()}
+        digest = metadata.get(f"x-amz-meta-{_SHA_META}", "")
+        return BlobRef(namespace=namespace, key=key, size=info.size or 0, sha256=digest)
+
+    def delete(self, namespace: Namespace, key: str) -> None:
+        check_key(key)
+        try:
+            self._call("delete", self._client.remove_object, self.bucket(namespace), key)
+        except BlobNotFound:
+            return
+
+    def keys(self, namespace: Namespace, prefix: str = "") -> Iterator[str]:
+        try:
+            objects = self._call(
+                "list",
+                self._client.list_objects,
+                self.bucket(namespace),
+                prefix=prefix or None,
+                recursive=True,
+            )
+            for item in objects:
+                yield item.object_name
+        except BlobNotFound:
+            return
+        except S3Error as exc:
+            if exc.code in _NOT_FOUND:
+                return
+            raise BackendUnavailable(f"S3 list failed: {exc.code}") from exc

@@ -1,0 +1,285 @@
+"""The process roles of dicomflow and the supervisor that runs them as one process family.
+
+Roles: ``ingest`` (the DICOM SCP), ``processors`` (every selected processor, one thread each),
+``processor:NAME`` (one processor), ``api`` (HTTP). `dicomflow serve` runs them all as child
+processes of one supervisor that restarts a child that dies and stops them all on SIGTERM or
+Ctrl-C; `dicomflow serve --role X` runs one role alone (what compose.yaml does).
+"""
+
+import contextlib
+import fcntl
+import logging
+import multiprocessing
+import multiprocessing.context
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from rich.progress import Progress
+
+from dicomflow.kernel.backends import open_blob_store, open_bus, open_spool
+from dicomflow.kernel.settings import Settings, get_settings
+from dicomflow.processors.base import ProcessorContext
+from dicomflow.processors.plugins import plugin_manager, processor_classes, select
+from dicomflow.processors.runtime import ProcessorRunner, dead_letter_topic, group_name
+
+log = logging.getLogger(__name__)
+
+ALL_ROLES = ("ingest", "processors", "api")
+
+
+def configure_logging(settings: Settings) -> None:
+    fmt = (
+        '{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}'
+        if settings.log_json
+        else "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+    )
+    logging.basicConfig(level=settings.log_level.upper(), format=fmt, force=True)
+    # pynetdicom logs every PDU at INFO: far too much on the hot path.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _wait_for_stop() -> threading.Event:
+    stop = threading.Event()
+
+    def _handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+    return stop
+
+
+def run_ingest(settings: Settings, reuse_port: bool) -> None:
+    from dicomflow.ingest.receiver import DurableReceiver
+    from dicomflow.ingest.scp import start_scp
+
+    stop = _wait_for_stop()
+    bus = open_bus(settings)
+    receiver = DurableReceiver(open_spool(settings), bus, settings.max_object_bytes)
+    server = start_scp(settings, receiver, reuse_port=reuse_port)
+    stop.wait()
+    server.shutdown()
+    receiver.close()
+    bus.close()
+
+
+def build_runners(settings: Settings, only: str | None = None) -> list[ProcessorRunner]:
+    """A runner per selected processor (DICOMFLOW_PROCESSORS, or just `only`)."""
+    classes = select(
+        processor_classes(plugin_manager(settings.plugins)), only or settings.processors
+    )
+    bus = open_bus(settings)
+    context = ProcessorContext(
+        settings=settings, bus=bus, blobs=open_blob_store(settings), spool=open_spool(settings)
+    )
+    runners = []
+    producer = bus.producer()
+    for name, cls in classes.items():
+        consumer = bus.consumer(
+            group_name(settings.topic_prefix, name), [bus.topic(t) for t in cls.topics]
+        )
+        runners.append(
+            ProcessorRunner(cls(context), consumer, producer, dead_letter_topic(bus.topic_prefix))
+        )
+    return runners
+
+
+def run_processors(settings: Settings, only: str | None = None) -> None:
+    stop = _wait_for_stop()
+    runners = build_runners(settings, only)
+    threads = [
+        threading.Thread(target=runner.run, name=f"processor-{runner.processor.name}")
+        for runner in runners
+    ]
+    for thread in threads:
+        thread.start()
+    stop.wait()
+    for runner in runners:
+        runner.stop()
+    for thread in threads:
+        thread.join(timeout=30)
+
+
+def run_api(settings: Settings) -> None:
+    import uvicorn
+
+    from dicomflow.api.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+def run_role(role: str, reuse_port: bool = False) -> None:
+    """Entry point of a child process (and of `serve --role`)."""
+    settings = get_settings()
+    configure_logging(settings)
+    if role == "ingest":
+        run_ingest(settings, reuse_port)
+    elif role == "processors":
+        run_processors(settings)
+    elif role.startswith("processor:"):
+        run_processors(settings, only=role.split(":", 1)[1])
+    elif role == "api":
+        run_api(settings)
+    else:
+        raise ValueError(f"unknown role {role!r}; roles: ingest, processors, processor:NAME, api")
+
+
+@dataclass
+class _Child:
+    role: str
+    reuse_port: bool
+    process: multiprocessing.context.SpawnProcess | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+
+
+@contextlib.contextmanager
+def serve_lock(data_dir: Path) -> Iterator[bool]:
+    """Hold ``<data_dir>/serve.lock`` while serving; yields False if another serve holds it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle: IO[str] = (data_dir / "serve.lock").open("a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield True
+    finally:
+        handle.close()
+
+
+def is_serving(data_dir: Path) -> bool:
+    """Whether a `dicomflow serve` process holds this data directory."""
+    path = data_dir / "serve.lock"
+    if not path.exists():
+        return False
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def supervise(roles: list[str], settings: Settings) -> int:
+    """Run roles as child processes until SIGTERM/SIGINT; restart children that die."""
+    ctx = multiprocessing.get_context("spawn")
+    workers = settings.dicom_workers or os.cpu_count() or 1
+    children: list[_Child] = []
+    for role in roles:
+        if role == "ingest" and workers > 1:
+            children.extend(_Child("ingest", True) for _ in range(workers))
+        else:
+            children.append(_Child(role, False))
+    stop = _wait_for_stop()
+
+    def start(child: _Child) -> None:
+        child.process = ctx.Process(
+            target=run_role, args=(child.role, child.reuse_port), name=child.role, daemon=False
+        )
+        child.process.start()
+        child.started_at = time.monotonic()
+
+    for child in children:
+        start(child)
+    while not stop.wait(0.5):
+        for child in children:
+            assert child.process is not None
+            if child.process.is_alive():
+                continue
+            child.restarts += 1
+            log.error(
+                "%s exited with code %s; restarting (restart %d)",
+                child.role,
+                child.process.exitcode,
+                child.restarts,
+            )
+            # A child that dies at once repeatedly is throttled, not restarted in a hot loop.
+            if time.monotonic() - child.started_at < 5:
+                time.sleep(min(30, 2**child.restarts))
+            start(child)
+    for child in children:
+        if child.process is not None and child.process.is_alive():
+            child.process.terminate()
+    for child in children:
+        if child.process is not None:
+            child.process.join(timeout=30)
+            if child.process.is_alive():
+                child.process.kill()
+    return 0
+
+
+def drain_pipeline(
+    settings: Settings, progress: Progress | None = None, timeout: float = 3600
+) -> None:
+    """Run every processor in this process until no group has anything left to do."""
+    runners = build_runners(settings)
+    task = progress.add_task("processing", total=None) if progress else None
+    stop = threading.Event()
+    threads = [threading.Thread(target=runner.run, daemon=True) for runner in runners]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            lag = sum(runner.consumer.lag() for runner in runners)
+            done = sum(runner.state.processed for runner in runners)
+            if progress is not None and task is not None:
+                progress.update(task, completed=done, total=done + lag)
+            if lag == 0:
+                break
+            stop.wait(0.2)
+    finally:
+        for runner in runners:
+            runner.stop()
+        for thread in threads:
+            thread.join(timeout=30)
+
+
+def wait_for_server(settings: Settings, progress: Progress | None, timeout: float = 3600) -> None:
+    """Wait until the serving process's processors have consumed everything."""
+    bus = open_bus(settings)
+    classes = select(processor_classes(plugin_manager(settings.plugins)), settings.processors)
+    task = progress.add_task("processing (server)", total=None) if progress else None
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            lag = sum(
+                bus.group_lag(
+                    group_name(settings.topic_prefix, name), [bus.topic(t) for t in cls.topics]
+                )
+                for name, cls in classes.items()
+            )
+            if progress is not None and task is not None:
+                progress.update(task, description=f"processing (server), {lag} to go")
+            if lag == 0:
+                return
+            time.sleep(0.2)
+    finally:
+        bus.close()
+
+
+def wait_until_processed(settings: Settings, progress: Progress | None = None) -> None:
+    """Let the pipeline catch up: the serving process's if one runs, else this process's own."""
+    if is_serving(settings.data_dir):
+        wait_for_server(settings, progress)
+    else:
+        drain_pipeline(settings, progress)
