@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from dicomflow import __version__
 from dicomflow.api.deps import AppState
 from dicomflow.api.problems import install_problem_handlers
-from dicomflow.api.routes import dicomweb, search, status
+from dicomflow.api.routes import dicomweb, search, status, stow
 from dicomflow.indexer import open_index
 from dicomflow.kernel.backends import open_blob_store, open_bus
 from dicomflow.kernel.events import Namespace
@@ -40,6 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_problem_handlers(app)
     app.include_router(status.router)
     app.include_router(search.router)
+    app.include_router(stow.router)
     app.include_router(
         dicomweb.build_router(Namespace.DEIDENTIFIED), prefix="/dicomweb/deidentified"
     )

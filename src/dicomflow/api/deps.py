@@ -1,11 +1,14 @@
 """FastAPI dependencies: the back ends opened once per app, handed to routes by type."""
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from dicomflow.indexer.base import StudyIndex
+from dicomflow.ingest.receiver import DurableReceiver
+from dicomflow.kernel.backends import open_spool
 from dicomflow.kernel.blobs.base import BlobStore
 from dicomflow.kernel.bus.base import EventBus
 from dicomflow.kernel.settings import Settings
@@ -17,6 +20,17 @@ class AppState:
     index: StudyIndex
     blobs: BlobStore
     bus: EventBus
+    _receiver: DurableReceiver | None = field(default=None, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def receiver(self) -> DurableReceiver:
+        """The durable receive path for STOW-RS, opened on first use."""
+        with self._lock:
+            if self._receiver is None:
+                self._receiver = DurableReceiver(
+                    open_spool(self.settings), self.bus, self.settings.max_object_bytes
+                )
+            return self._receiver
 
 
 def get_state(request: Request) -> AppState:

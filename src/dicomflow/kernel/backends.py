@@ -19,8 +19,8 @@ def open_bus(settings: Settings) -> EventBus:
     return EmbeddedBus(settings.data_dir / "events", topic_prefix=settings.topic_prefix)
 
 
-def open_blob_store(settings: Settings) -> BlobStore:
-    if settings.blobs is BlobBackend.S3:
+def open_blob_store(settings: Settings, backend: BlobBackend | None = None) -> BlobStore:
+    if (backend or settings.blobs) is BlobBackend.S3:
         from dicomflow.kernel.blobs.s3 import S3BlobStore
 
         return S3BlobStore(
@@ -36,10 +36,12 @@ def open_blob_store(settings: Settings) -> BlobStore:
 
 
 def open_spool(settings: Settings) -> BlobStore:
-    """The spool: local disk next to the ingest edge, whatever the blob store is.
+    """The spool: by default local disk next to the ingest edge, whatever the blob store is.
 
-    Acknowledging an object needs only the local disk and the bus, not the blob store.
+    Then acknowledging an object needs only the local disk and the bus, not the blob store.
     """
+    if settings.spool is BlobBackend.S3:
+        return open_blob_store(settings, BlobBackend.S3)
     from dicomflow.kernel.blobs.filesystem import FilesystemBlobStore
 
     return FilesystemBlobStore(settings.data_dir / "spool")

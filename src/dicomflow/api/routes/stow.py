@@ -1,0 +1,128 @@
+"""STOW-RS (PS3.18 10.5): store instances over HTTP through the same durable path as C-STORE."""
+
+import re
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from dicomflow.api.deps import StateDep
+from dicomflow.ingest.exceptions import IngestError, InvalidObject
+from dicomflow.ingest.receiver import identity_of_file_bytes
+from dicomflow.kernel.events import Source, SourceKind
+from dicomflow.kernel.uids import validate_uid
+
+router = APIRouter(tags=["DICOMweb (original)"])
+
+_BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
+_TYPE = re.compile(r'type="?([^";]+)"?', re.IGNORECASE)
+
+# Attribute tags of the STOW-RS response (PS3.18 Table 10.5.3-1).
+FAILED_SOP_SEQUENCE = "00081198"
+REFERENCED_SOP_SEQUENCE = "00081199"
+REFERENCED_SOP_CLASS_UID = "00081150"
+REFERENCED_SOP_INSTANCE_UID = "00081155"
+RETRIEVE_URL = "00081190"
+FAILURE_REASON = "00081197"
+WARNING_REASON = "00081196"
+ERROR_COMMENT = "00000902"
+
+
+def split_multipart(body: bytes, boundary: str) -> list[tuple[dict[str, str], bytes]]:
+    """The parts of a multipart/related body: (lower-cased headers, payload)."""
+    delimiter = b"--" + boundary.encode()
+    parts: list[tuple[dict[str, str], bytes]] = []
+    for chunk in body.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        chunk = chunk.removeprefix(b"\r\n")
+        head, separator, payload = chunk.partition(b"\r\n\r\n")
+        if not separator:
+            raise InvalidObject("a multipart part has no header/body separator")
+        headers = {}
+        for line in head.decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.strip():
+                headers[name.strip().lower()] = value.strip()
+        parts.append((headers, payload.removesuffix(b"\r\n")))
+    return parts
+
+
+def _uid_attr(vr: str, value: str) -> dict[str, Any]:
+    return {"vr": vr, "Value": [value]}
+
+
+@router.post("/dicomweb/studies", summary="STOW-RS: store instances", response_model=None)
+@router.post(
+    "/dicomweb/studies/{study}",
+    summary="STOW-RS: store instances of one study",
+    response_model=None,
+)
+async def store_instances(
+    request: Request, state: StateDep, study: str | None = None
+) -> JSONResponse:
+    if study is not None:
+        validate_uid(study, "StudyInstanceUID")
+    content_type = request.headers.get("content-type", "")
+    boundary = _BOUNDARY.search(content_type)
+    if not content_type.lower().startswith("multipart/related") or boundary is None:
+        raise HTTPException(415, 'expected multipart/related; type="application/dicom"')
+    part_type = _TYPE.search(content_type)
+    if part_type and part_type.group(1).lower() != "application/dicom":
+        raise HTTPException(415, f"only application/dicom parts are accepted, not {part_type[1]}")
+    limit = state.settings.max_object_bytes
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise HTTPException(413, f"the request body exceeds {limit} bytes")
+    receiver = state.receiver()
+    source = Source(
+        kind=SourceKind.STOW, address=f"{request.client.host if request.client else ''}"
+    )
+    referenced: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    base = str(request.base_url).rstrip("/")
+    for headers, payload in split_multipart(bytes(body), boundary.group(1)):
+        kind = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
+        try:
+            if kind != "application/dicom":
+                raise InvalidObject(f"part of type {kind} is not application/dicom")
+            identity = identity_of_file_bytes(payload)
+            if study is not None and identity.study_instance_uid != study:
+                raise InvalidObject("the instance belongs to another study than the URL's")
+            await run_in_threadpool(receiver.receive, payload, identity, source)
+        except IngestError as exc:
+            item: dict[str, Any] = {
+                FAILURE_REASON: {"vr": "US", "Value": [exc.dimse_status]},
+                ERROR_COMMENT: {"vr": "LO", "Value": [str(exc)[:64]]},
+            }
+            try:
+                partial = identity_of_file_bytes(payload)
+                item[REFERENCED_SOP_CLASS_UID] = _uid_attr("UI", partial.sop_class_uid)
+                item[REFERENCED_SOP_INSTANCE_UID] = _uid_attr("UI", partial.sop_instance_uid)
+            except IngestError:
+                pass
+            failed.append(item)
+            continue
+        referenced.append(
+            {
+                REFERENCED_SOP_CLASS_UID: _uid_attr("UI", identity.sop_class_uid),
+                REFERENCED_SOP_INSTANCE_UID: _uid_attr("UI", identity.sop_instance_uid),
+                RETRIEVE_URL: _uid_attr(
+                    "UR",
+                    f"{base}/dicomweb/studies/{identity.study_instance_uid}/series/"
+                    f"{identity.series_instance_uid}/instances/{identity.sop_instance_uid}",
+                ),
+            }
+        )
+    response: dict[str, Any] = {}
+    if referenced:
+        response[REFERENCED_SOP_SEQUENCE] = {"vr": "SQ", "Value": referenced}
+    if failed:
+        response[FAILED_SOP_SEQUENCE] = {"vr": "SQ", "Value": failed}
+    if not referenced and not failed:
+        raise HTTPException(400, "the request holds no instance")
+    status = 200 if not failed else (202 if referenced else 409)
+    return JSONResponse(response, status_code=status, media_type="application/dicom+json")
