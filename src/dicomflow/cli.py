@@ -10,7 +10,8 @@ from rich.table import Table
 from dicomflow import __version__
 from dicomflow.kernel.settings import get_settings
 
-console = Console()
+# soft_wrap: report lines (file paths) are never broken, so that logs can be grepped.
+console = Console(soft_wrap=True)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -83,6 +84,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0 if report.errors == 0 else 2
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from dicomflow.bench.main import run_bench
+
+    return run_bench(args.bench_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicomflow",
@@ -110,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="return once every object is durable, without waiting until it is searchable",
     )
     imp.set_defaults(func=cmd_import)
+
+    bench = sub.add_parser(
+        "bench",
+        help="benchmark ingest and search side by side with DCMTK and Orthanc",
+        add_help=False,
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -2,7 +2,6 @@
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,14 +16,19 @@ import httpx
 import pydicom
 import pytest
 from pydicom.filereader import _read_file_meta_info
+
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e
 
 
-def require_dcmtk() -> None:
-    if shutil.which("storescu") is None:
-        pytest.fail("DCMTK is not installed: scripts/test.sh installs it (apt-get install dcmtk)")
+def dcmtk(tool: str) -> str:
+    """The path of a DCMTK tool (pynetdicom installs Python tools of the same names on PATH)."""
+    for folder in ("/usr/bin", "/usr/local/bin", "/bin"):
+        path = Path(folder) / tool
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    pytest.fail(f"DCMTK's {tool} is missing: scripts/test.sh installs it (apt-get install dcmtk)")
 
 
 @dataclass
@@ -90,9 +94,8 @@ class Server:
         raise AssertionError(f"pipeline did not catch up: {status}")
 
     def storescu(self, *paths: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-        require_dcmtk()
         env = {**os.environ, "TCP_NODELAY": "1"}
-        cmd = ["storescu", "-v", "-aet", "E2ESCU", "-aec", "DICOMFLOW", "+sd", "+r", "-nh"]
+        cmd = [dcmtk("storescu"), "-v", "-aet", "E2ESCU", "-aec", "DICOMFLOW", "+sd", "+r", "-nh"]
         cmd += ["127.0.0.1", str(self.dicom_port), *map(str, paths)]
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         if check:

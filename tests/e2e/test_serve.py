@@ -6,19 +6,22 @@ import sys
 import time
 from pathlib import Path
 
+import pynetdicom.association
+import pynetdicom.dsutils
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+
+from dicomflow.synthetic import PatientSpec, iter_study_tree, make_instance, write_tree
 from tests.e2e.conftest import (
     Server,
     dataset_bytes,
+    dcmtk,
     parse_multipart,
     read_dataset,
     server_env,
 )
-
-from dicomflow.synthetic import PatientSpec, iter_study_tree, make_instance, write_tree
 
 pytestmark = pytest.mark.e2e
 
@@ -152,7 +155,7 @@ def test_kill_9_loses_no_acknowledged_instance(server: Server, tmp_path: Path) -
     env = {"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"}
     sender = subprocess.Popen(
         [
-            "storescu",
+            dcmtk("storescu"),
             "-v",
             "-aec",
             "DICOMFLOW",
@@ -218,14 +221,15 @@ def test_bad_input_gets_clear_statuses_and_the_server_keeps_serving(
     status = _pynetdicom_store(server, hostile)
     assert status.Status == 0xC210 and "StudyInstanceUID" in status.ErrorComment
 
-    # A malformed dataset: valid file meta, garbage where the dataset should be.
-    malformed = tmp_path / "malformed.dcm"
-    good.save_as(malformed, enforce_file_format=True)
-    raw = malformed.read_bytes()
-    meta_end = len(raw) - len(dataset_bytes(raw))
-    malformed.write_bytes(raw[:meta_end] + b"\x08\x00\x16\x00UI\xff\xff" + b"\x00" * 10)
-    status = _pynetdicom_store(server, malformed)
-    assert status.Status in (0xC210, 0xC000), status
+    # A malformed dataset: the encoded bytes are cut in the middle of an element.
+    def truncated_encode(ds: Dataset, *args: object) -> bytes:
+        return bytes(pynetdicom.dsutils.encode(ds, *args))[:200] + b"\x08\x00\x18\x00UI\xff\xff"
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pynetdicom.association, "encode", truncated_encode)
+        status = _pynetdicom_store(server, make_instance(PatientSpec(), 0, 0, 2))
+    assert status.Status == 0xC210, status
+    assert "malformed" in status.ErrorComment or "UID" in status.ErrorComment
 
     # A truncated association: the peer vanishes in the middle of a transfer.
     ae = AE(ae_title="ABORTER")

@@ -61,7 +61,11 @@ def test_store_is_durable_before_success(scp, ct_instance: Dataset) -> None:  # 
 
 @pytest.mark.parametrize(
     ("attribute", "value"),
-    [("StudyInstanceUID", "../../x"), ("SeriesInstanceUID", "1.2.3/../4"), ("StudyInstanceUID", "")],
+    [
+        ("StudyInstanceUID", "../../x"),
+        ("SeriesInstanceUID", "1.2.3/../4"),
+        ("StudyInstanceUID", ""),
+    ],
 )
 def test_hostile_uids_are_refused_with_a_reason(  # type: ignore[no-untyped-def]
     scp, ct_instance: Dataset, attribute: str, value: str

@@ -5,12 +5,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import service_setting
 
 from dicomflow.kernel.blobs.base import BlobStore, InvalidBlobKey, sha256_of
 from dicomflow.kernel.blobs.filesystem import FilesystemBlobStore
 from dicomflow.kernel.events import Namespace
 from dicomflow.kernel.exceptions import BlobNotFound, ChecksumMismatch
+from tests.conftest import service_setting
 
 
 @pytest.fixture(params=["filesystem", pytest.param("s3", marks=pytest.mark.integration)])

@@ -6,10 +6,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import service_setting
 
 from dicomflow.kernel.bus.base import EventBus, OutgoingRecord
 from dicomflow.kernel.bus.embedded import EmbeddedBus
+from tests.conftest import service_setting
 
 BusFactory = Callable[[], EventBus]
 

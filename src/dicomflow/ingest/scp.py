@@ -8,7 +8,8 @@ Refusals map to DICOM statuses with an ErrorComment saying why.
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -123,8 +124,25 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
+@dataclass(frozen=True)
+class ServiceExtension:
+    """More DIMSE services on the same AE and port (query/retrieve, from the serving side).
+
+    `contexts` are (abstract syntax, transfer syntaxes) pairs to support; `scu_contexts` are
+    abstract syntaxes the AE may propose as SCP/SCU role (C-GET sends C-STOREs back);
+    `handlers` are pynetdicom ``(event, handler)`` pairs.
+    """
+
+    contexts: Sequence[tuple[str, Sequence[str]]] = ()
+    handlers: Sequence[tuple[Any, Callable[..., Any]]] = ()
+    configure: Callable[[AE], None] | None = None
+
+
 def start_scp(
-    settings: Settings, receiver: DurableReceiver, reuse_port: bool = False
+    settings: Settings,
+    receiver: DurableReceiver,
+    reuse_port: bool = False,
+    extensions: Sequence[ServiceExtension] = (),
 ) -> ThreadedAssociationServer:
     """Start the SCP in background threads; call `.shutdown()` on the result to stop it."""
     ae = build_ae(settings)
@@ -132,6 +150,12 @@ def start_scp(
         (evt.EVT_C_STORE, make_store_handler(receiver)),
         (evt.EVT_CONN_OPEN, tune_socket),
     ]
+    for extension in extensions:
+        for abstract_syntax, syntaxes in extension.contexts:
+            ae.add_supported_context(abstract_syntax, list(syntaxes))
+        handlers.extend(extension.handlers)
+        if extension.configure is not None:
+            extension.configure(ae)
     server: ThreadedAssociationServer = ae.make_server(
         (settings.dicom_host, settings.dicom_port),
         evt_handlers=handlers,

@@ -68,6 +68,17 @@ class Settings(BaseSettings):
     dicom_max_associations: int = Field(
         32, description="Maximum concurrent associations per SCP worker."
     )
+    dicom_find_max_results: int = Field(
+        10_000,
+        ge=1,
+        description="Most matches one C-FIND returns; past it the SCP answers the first ones, "
+        "then Refused: out of resources (0xA700).",
+    )
+    destinations: str = Field(
+        "",
+        description="C-MOVE destinations as a comma-separated list of AET@host:port (more in "
+        "<data_dir>/destinations.json, edited through /api/admin/destinations).",
+    )
     max_object_bytes: int = Field(
         2 * 1024**3, description="Largest object accepted by C-STORE, STOW-RS and import."
     )
@@ -81,6 +92,12 @@ class Settings(BaseSettings):
         IndexBackend.EMBEDDED, description="Search index: embedded or elasticsearch."
     )
     blobs: BlobBackend = Field(BlobBackend.FILESYSTEM, description="Blob store: filesystem or s3.")
+    spool: BlobBackend = Field(
+        BlobBackend.FILESYSTEM,
+        description="Spool of received objects: filesystem (local disk under DICOMFLOW_DATA_DIR, "
+        "shared with the storage processor) or s3 (the blob store's spool bucket, for processors "
+        "on other hosts).",
+    )
 
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
     kafka_partitions: int = Field(6, description="Partitions of each topic dicomflow creates.")

@@ -100,7 +100,7 @@ def _multipart(
 
 def _key(record: InstanceRecord) -> str:
     return instance_key(
-        record.study_instance_uid, record.series_instance_uid, record.sop_instance_uid
+        record.study_uid, record.series_uid, record.sop_uid
     )
 
 
@@ -144,7 +144,9 @@ def build_router(namespace: Namespace) -> APIRouter:
 
     @router.get("/studies/{study}", summary="WADO-RS: retrieve a study")
     def retrieve_study(study: str, index: IndexDep, blobs: BlobsDep) -> StreamingResponse:
-        records = index.instances(namespace, validate_uid(study, "StudyInstanceUID"))
+        records = index.instances(
+            namespace, validate_uid(study, "StudyInstanceUID"), with_json=False
+        )
         if not records:
             raise HTTPException(404, f"no study {study}")
         return _multipart(blobs, records, namespace)
@@ -157,6 +159,7 @@ def build_router(namespace: Namespace) -> APIRouter:
             namespace,
             validate_uid(study, "StudyInstanceUID"),
             validate_uid(series, "SeriesInstanceUID"),
+            with_json=False,
         )
         if not records:
             raise HTTPException(404, f"no series {series} in study {study}")
@@ -166,8 +169,8 @@ def build_router(namespace: Namespace) -> APIRouter:
         record = index.get_instance(namespace, validate_uid(instance, "SOPInstanceUID"))
         if (
             record is None
-            or record.study_instance_uid != study
-            or record.series_instance_uid != series
+            or record.study_uid != study
+            or record.series_uid != series
         ):
             raise HTTPException(404, f"no instance {instance} in series {series}")
         return record
