@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh Debian machine: DCMTK (the reference DICOM
-# client), Orthanc (a reference archive, as a C-MOVE destination), and dicomflow with its
-# development and back-end extras. Idempotent and quiet.
+# client), Orthanc (a reference archive, as a C-MOVE destination), Chromium (the browser of
+# the UI tests), and dicomflow with its development and back-end extras. Idempotent and quiet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,8 @@ SUDO=""
 missing=()
 [ -x /usr/bin/storescu ] || missing+=(dcmtk)
 [ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
+# The headless browser of the UI tests (Playwright drives it; no browser download).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "[bootstrap] installing ${missing[*]}"
   $SUDO apt-get update -qq

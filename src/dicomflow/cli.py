@@ -21,7 +21,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings.check_secrets()
     configure_logging(settings)
     if args.role:
-        run_role(args.role)
+        if args.group and not args.role.startswith("processor:"):
+            console.print("[red]--group needs a single processor role (--role processor:NAME)[/]")
+            return 2
+        run_role(args.role, group=args.group)
         return 0
     with serve_lock(settings.data_dir) as locked:
         if not locked:
@@ -103,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--role",
         help="run one role alone: ingest, processors, processor:NAME or api (default: all)",
     )
+    serve.add_argument(
+        "--group",
+        help="consumer group of a single processor role (a new group replays from the start, "
+        "e.g. to rebuild an index)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     processors = sub.add_parser("processors", help="list the installed processors")
@@ -129,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        # argparse's REMAINDER drops a leading option (`bench --quick` would be refused), so the
+        # bench's own arguments go to its own parser untouched.
+        return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     args = build_parser().parse_args(argv)
     code: int = args.func(args)
     return code

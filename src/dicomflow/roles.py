@@ -56,21 +56,32 @@ def _wait_for_stop() -> threading.Event:
 
 
 def run_ingest(settings: Settings, reuse_port: bool) -> None:
+    from dicomflow.api.dimse import QueryRetrieveService
     from dicomflow.ingest.receiver import DurableReceiver
     from dicomflow.ingest.scp import start_scp
 
     stop = _wait_for_stop()
     bus = open_bus(settings)
     receiver = DurableReceiver(open_spool(settings), bus, settings.max_object_bytes)
-    server = start_scp(settings, receiver, reuse_port=reuse_port)
+    query_retrieve = QueryRetrieveService(settings)
+    server = start_scp(
+        settings, receiver, reuse_port=reuse_port, extensions=[query_retrieve.extension()]
+    )
     stop.wait()
     server.shutdown()
+    query_retrieve.close()
     receiver.close()
     bus.close()
 
 
-def build_runners(settings: Settings, only: str | None = None) -> list[ProcessorRunner]:
-    """A runner per selected processor (DICOMFLOW_PROCESSORS, or just `only`)."""
+def build_runners(
+    settings: Settings, only: str | None = None, group: str | None = None
+) -> list[ProcessorRunner]:
+    """A runner per selected processor (DICOMFLOW_PROCESSORS, or just `only`).
+
+    `group` replaces the consumer group of a single processor: a new group starts from the
+    earliest offset, which is how an index is rebuilt from the event log.
+    """
     classes = select(
         processor_classes(plugin_manager(settings.plugins)), only or settings.processors
     )
@@ -82,7 +93,7 @@ def build_runners(settings: Settings, only: str | None = None) -> list[Processor
     producer = bus.producer()
     for name, cls in classes.items():
         consumer = bus.consumer(
-            group_name(settings.topic_prefix, name), [bus.topic(t) for t in cls.topics]
+            group or group_name(settings.topic_prefix, name), [bus.topic(t) for t in cls.topics]
         )
         runners.append(
             ProcessorRunner(cls(context), consumer, producer, dead_letter_topic(bus.topic_prefix))
@@ -90,9 +101,9 @@ def build_runners(settings: Settings, only: str | None = None) -> list[Processor
     return runners
 
 
-def run_processors(settings: Settings, only: str | None = None) -> None:
+def run_processors(settings: Settings, only: str | None = None, group: str | None = None) -> None:
     stop = _wait_for_stop()
-    runners = build_runners(settings, only)
+    runners = build_runners(settings, only, group)
     threads = [
         threading.Thread(target=runner.run, name=f"processor-{runner.processor.name}")
         for runner in runners
@@ -120,7 +131,7 @@ def run_api(settings: Settings) -> None:
     )
 
 
-def run_role(role: str, reuse_port: bool = False) -> None:
+def run_role(role: str, reuse_port: bool = False, group: str | None = None) -> None:
     """Entry point of a child process (and of `serve --role`)."""
     settings = get_settings()
     configure_logging(settings)
@@ -129,7 +140,7 @@ def run_role(role: str, reuse_port: bool = False) -> None:
     elif role == "processors":
         run_processors(settings)
     elif role.startswith("processor:"):
-        run_processors(settings, only=role.split(":", 1)[1])
+        run_processors(settings, only=role.split(":", 1)[1], group=group)
     elif role == "api":
         run_api(settings)
     else:

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from dicomflow import __version__
 from dicomflow.api.deps import AppState
 from dicomflow.api.problems import install_problem_handlers
-from dicomflow.api.routes import dicomweb, search, status, stow
+from dicomflow.api.routes import admin, dicomweb, downloads, operations, search, status, stow, ui
 from dicomflow.indexer import open_index
 from dicomflow.kernel.backends import open_blob_store, open_bus
 from dicomflow.kernel.events import Namespace
@@ -41,6 +41,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(status.router)
     app.include_router(search.router)
     app.include_router(stow.router)
+    app.include_router(admin.router)
+    app.include_router(operations.router)
+    app.include_router(downloads.router)
+    app.include_router(ui.router)
+    app.mount(ui.STATIC_PATH, ui.static_files(), name="ui-static")
     app.include_router(
         dicomweb.build_router(Namespace.DEIDENTIFIED), prefix="/dicomweb/deidentified"
     )

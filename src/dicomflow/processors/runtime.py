@@ -82,6 +82,12 @@ class ProcessorRunner:
             while not self._stop.is_set():
                 self.step()
         finally:
+            log.info(
+                "%s: stopped after processing %d records (%d dead-lettered)",
+                self.processor.name,
+                self.state.processed,
+                self.state.dead_lettered,
+            )
             self.state.running = False
             self.processor.close()
             self.consumer.close()

@@ -8,7 +8,13 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from dicomflow.api.deps import StateDep
-from dicomflow.ingest.exceptions import IngestError, InvalidObject
+from dicomflow.api.routes.dicomweb import base_url
+from dicomflow.ingest.exceptions import (
+    IngestError,
+    InvalidObject,
+    ObjectTooLarge,
+    StorageUnavailable,
+)
 from dicomflow.ingest.receiver import identity_of_file_bytes
 from dicomflow.kernel.events import Source, SourceKind
 from dicomflow.kernel.uids import validate_uid
@@ -27,6 +33,27 @@ RETRIEVE_URL = "00081190"
 FAILURE_REASON = "00081197"
 WARNING_REASON = "00081196"
 ERROR_COMMENT = "00000902"
+
+# Failure Reason values of PS3.18 10.5.3 (from PS3.4 Annex B and PS3.7 Annex C).
+OUT_OF_RESOURCES = 0xA700
+DATA_SET_DOES_NOT_MATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+
+
+class StudyMismatch(InvalidObject):
+    """The instance belongs to another study than the one of the request URL."""
+
+
+def failure_reason(error: IngestError) -> int:
+    """The STOW-RS Failure Reason of a refused instance."""
+    if isinstance(error, ObjectTooLarge | StorageUnavailable):
+        return OUT_OF_RESOURCES
+    if isinstance(error, StudyMismatch):
+        return DATA_SET_DOES_NOT_MATCH
+    if isinstance(error, InvalidObject):
+        return CANNOT_UNDERSTAND
+    return PROCESSING_FAILURE
 
 
 def split_multipart(body: bytes, boundary: str) -> list[tuple[dict[str, str], bytes]]:
@@ -47,6 +74,20 @@ def split_multipart(body: bytes, boundary: str) -> list[tuple[dict[str, str], by
                 headers[name.strip().lower()] = value.strip()
         parts.append((headers, payload.removesuffix(b"\r\n")))
     return parts
+
+
+PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+def with_preamble(payload: bytes) -> bytes:
+    """A Part 10 object with its preamble and DICM prefix, which some writers leave out.
+
+    pydicom's ``dcmwrite`` (used by dicomweb-client) starts at the file meta (group 0002);
+    the object is stored with the preamble added, byte for byte otherwise.
+    """
+    if payload[128:132] != b"DICM" and payload[:2] == b"\x02\x00":
+        return PREAMBLE + payload
+    return payload
 
 
 def _uid_attr(vr: str, value: str) -> dict[str, Any]:
@@ -83,19 +124,23 @@ async def store_instances(
     )
     referenced: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
-    base = str(request.base_url).rstrip("/")
+    stored_studies: set[str] = set()
+    base = base_url(request)
     for headers, payload in split_multipart(bytes(body), boundary.group(1)):
         kind = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
         try:
             if kind != "application/dicom":
                 raise InvalidObject(f"part of type {kind} is not application/dicom")
+            payload = with_preamble(payload)
             identity = identity_of_file_bytes(payload)
             if study is not None and identity.study_instance_uid != study:
-                raise InvalidObject("the instance belongs to another study than the URL's")
+                raise StudyMismatch(
+                    f"StudyInstanceUID {identity.study_instance_uid} is not the URL's {study}"
+                )
             await run_in_threadpool(receiver.receive, payload, identity, source)
         except IngestError as exc:
             item: dict[str, Any] = {
-                FAILURE_REASON: {"vr": "US", "Value": [exc.dimse_status]},
+                FAILURE_REASON: {"vr": "US", "Value": [failure_reason(exc)]},
                 ERROR_COMMENT: {"vr": "LO", "Value": [str(exc)[:64]]},
             }
             try:
@@ -106,6 +151,7 @@ async def store_instances(
                 pass
             failed.append(item)
             continue
+        stored_studies.add(identity.study_instance_uid)
         referenced.append(
             {
                 REFERENCED_SOP_CLASS_UID: _uid_attr("UI", identity.sop_class_uid),
@@ -118,6 +164,9 @@ async def store_instances(
             }
         )
     response: dict[str, Any] = {}
+    studies = {study} if study is not None else stored_studies
+    if referenced and len(studies) == 1:
+        response[RETRIEVE_URL] = _uid_attr("UR", f"{base}/dicomweb/studies/{studies.pop()}")
     if referenced:
         response[REFERENCED_SOP_SEQUENCE] = {"vr": "SQ", "Value": referenced}
     if failed:

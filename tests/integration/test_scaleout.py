@@ -1,0 +1,192 @@
+"""The scale-out deployment end to end on real Apache Kafka, Elasticsearch and an S3 server.
+
+DCMTK storescu -> SCP (kafka config) -> Kafka -> processors as separate OS processes ->
+Elasticsearch documents, S3 originals and anonymised copies; QIDO-RS and /api/search answer
+from Elasticsearch. Then: replay into an emptied index, outages, and replicas.
+"""
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+from dicomflow.indexer import open_index
+from dicomflow.kernel.backends import open_blob_store
+from dicomflow.kernel.events import Namespace
+from dicomflow.synthetic import PatientSpec, iter_study_tree, make_instance, write_tree
+from tests.e2e.conftest import dataset_bytes, dcmtk, parse_multipart, read_dataset
+from tests.integration.conftest import ScaleOut, services_script
+
+pytestmark = pytest.mark.integration
+
+
+def storescu(deployment: ScaleOut, folder: Path) -> None:
+    result = subprocess.run(
+        [
+            dcmtk("storescu"),
+            "-aec",
+            "DICOMFLOW",
+            "+sd",
+            "+r",
+            "-nh",
+            "127.0.0.1",
+            str(deployment.dicom_port),
+            str(folder),
+        ],
+        env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def blob_count(deployment: ScaleOut, namespace: Namespace) -> int:
+    store = open_blob_store(deployment.settings())
+    return sum(1 for _ in store.keys(namespace))
+
+
+def test_storescu_to_kafka_elasticsearch_s3_and_replay(scaleout: ScaleOut, tmp_path: Path) -> None:
+    files = write_tree(
+        iter_study_tree(patients=2, series_per_study=2, instances_per_series=10), tmp_path / "s"
+    )
+    scaleout.start_all()
+    storescu(scaleout, tmp_path / "s")
+    status = scaleout.wait_idle(len(files))
+    topics = status["topics"]
+    assert isinstance(topics, dict)
+    assert topics[f"{scaleout.env['DICOMFLOW_TOPIC_PREFIX']}.received"] == len(files)
+
+    studies = scaleout.http.get("/dicomweb/studies").json()
+    assert len(studies) == 2
+    assert sorted(s["00201208"]["Value"][0] for s in studies) == [20, 20]
+    found = scaleout.http.get("/api/search", params={"q": "PatientName:doe*"}).json()
+    assert found["total"] == 1
+
+    sent = read_dataset(files[0].read_bytes())
+    response = scaleout.http.get(
+        f"/dicomweb/studies/{sent.StudyInstanceUID}/series/{sent.SeriesInstanceUID}"
+        f"/instances/{sent.SOPInstanceUID}"
+    )
+    assert response.status_code == 200
+    [part] = parse_multipart(response)
+    assert dataset_bytes(part) == dataset_bytes(files[0].read_bytes())
+    assert blob_count(scaleout, Namespace.ORIGINAL) == len(files)
+    assert blob_count(scaleout, Namespace.DEIDENTIFIED) == len(files)
+
+    # Replay: empty the index, then a new indexer group rebuilds it from the earliest offset.
+    scaleout.stop("index")
+    index = open_index(scaleout.settings())
+    for namespace in (Namespace.ORIGINAL, Namespace.DEIDENTIFIED):
+        index.clear(namespace)
+    assert index.counts(Namespace.ORIGINAL)[index_level("instance")] == 0
+    prefix = scaleout.env["DICOMFLOW_TOPIC_PREFIX"]
+    scaleout.start("index", "processor:index", "--group", f"{prefix}.index-rebuild")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        counts = index.counts(Namespace.ORIGINAL)
+        if counts[index_level("instance")] == len(files):
+            break
+        time.sleep(0.5)
+    assert index.counts(Namespace.ORIGINAL)[index_level("instance")] == len(files)
+    assert index.counts(Namespace.DEIDENTIFIED)[index_level("instance")] == len(files)
+    assert index.counts(Namespace.ORIGINAL)[index_level("study")] == 2
+    index.close()
+
+
+def index_level(name: str):  # type: ignore[no-untyped-def]
+    from dicomflow.indexer.levels import Level
+
+    return Level(name)
+
+
+@pytest.mark.parametrize("service", ["elasticsearch", "s3"])
+def test_an_outage_loses_nothing_and_the_pipeline_catches_up(
+    scaleout: ScaleOut, tmp_path: Path, service: str
+) -> None:
+    first = write_tree(
+        iter_study_tree(patients=1, series_per_study=1, instances_per_series=10), tmp_path / "a"
+    )
+    second = write_tree(
+        iter_study_tree(patients=1, series_per_study=1, instances_per_series=20, seed="outage"),
+        tmp_path / "b",
+    )
+    scaleout.start_all()
+    storescu(scaleout, tmp_path / "a")
+    scaleout.wait_idle(len(first))
+    services_script("stop", service)
+    try:
+        outage_started = time.monotonic()
+        # Ingest goes on: acknowledgements need only the spool and Kafka.
+        storescu(scaleout, tmp_path / "b")
+        time.sleep(max(0.0, 30 - (time.monotonic() - outage_started)))
+    finally:
+        services_script("start", service)
+    status = scaleout.wait_idle(len(first) + len(second), timeout=300)
+    print(f"{service} outage of 30 s: sent {len(first) + len(second)}, all indexed: {status}")
+    assert blob_count(scaleout, Namespace.ORIGINAL) == len(first) + len(second)
+
+
+def _store(port: int, ds: Dataset) -> int:
+    ae = AE(ae_title="OUTAGE")
+    ae.add_requested_context(CTImageStorage)
+    ae.dimse_timeout = 120
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMFLOW")
+    assert assoc.is_established
+    try:
+        status: int = assoc.send_c_store(ds).Status
+    finally:
+        assoc.release()
+    return status
+
+
+def test_kafka_down_means_a_failure_status_never_a_false_success(scaleout: ScaleOut) -> None:
+    scaleout.start_all()
+    assert _store(scaleout.dicom_port, make_instance(PatientSpec(), 0, 0, 0)) == 0x0000
+    services_script("stop", "kafka")
+    try:
+        assert _store(scaleout.dicom_port, make_instance(PatientSpec(), 0, 0, 1)) == 0xA700
+    finally:
+        services_script("start", "kafka")
+    deadline = time.monotonic() + 120
+    status = -1
+    while time.monotonic() < deadline:
+        status = _store(scaleout.dicom_port, make_instance(PatientSpec(), 0, 0, 2))
+        if status == 0x0000:
+            break
+        time.sleep(2)
+    assert status == 0x0000
+    scaleout.wait_idle(2)
+
+
+def test_two_replicas_share_the_work_without_duplicates(scaleout: ScaleOut, tmp_path: Path) -> None:
+    files = write_tree(
+        iter_study_tree(patients=8, series_per_study=1, instances_per_series=5), tmp_path / "s"
+    )
+    scaleout.start_all()
+    for name in ("metadata", "deidentify"):
+        scaleout.start(f"{name}-2", f"processor:{name}")
+    time.sleep(3)  # let the groups rebalance over both replicas
+    storescu(scaleout, tmp_path / "s")
+    scaleout.wait_idle(len(files))
+    for namespace in (Namespace.ORIGINAL, Namespace.DEIDENTIFIED):
+        found = scaleout.http.get(
+            "/api/search", params={"level": "instance", "namespace": namespace.value}
+        ).json()
+        assert found["total"] == len(files)
+        assert blob_count(scaleout, namespace) == len(files)
+    # Both replicas of each processor did part of the work (the partitions were shared).
+    for name in ("metadata", "deidentify"):
+        counts = []
+        for replica in (name, f"{name}-2"):
+            scaleout.stop(replica)
+            match = re.search(r"stopped after processing (\d+) records", scaleout.log(replica))
+            assert match, scaleout.log(replica)
+            counts.append(int(match.group(1)))
+        print(f"{name} records per replica: {counts}")
+        assert all(count > 0 for count in counts), counts
