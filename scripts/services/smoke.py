@@ -10,6 +10,7 @@ Reads the DICOMFLOW_* variables from the environment, or from <repo>/.services.e
 when they are not set.  Needs: confluent-kafka, elasticsearch (major 8, matching the
 8.19 server), minio.  Exits non-zero on the first failure.
 """
+
 from __future__ import annotations
 
 import io
@@ -32,7 +33,7 @@ def load_env() -> None:
         if not line or line.startswith("#"):
             continue
         if line.startswith("export "):
-            line = line[len("export "):]
+            line = line[len("export ") :]
         key, _, value = line.partition("=")
         os.environ.setdefault(key.strip(), value.strip().strip("'\""))
 
@@ -45,7 +46,9 @@ def env(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- kafka
-def kafka_roundtrip(topic: str | None = None, payload: bytes | None = None, consume_only: bool = False) -> None:
+def kafka_roundtrip(
+    topic: str | None = None, payload: bytes | None = None, consume_only: bool = False
+) -> None:
     from confluent_kafka import Consumer, Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -62,16 +65,22 @@ def kafka_roundtrip(topic: str | None = None, payload: bytes | None = None, cons
                 raise
         producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
         errors: list = []
-        producer.produce(topic, key=b"k", value=payload,
-                         on_delivery=lambda err, msg: errors.append(err) if err else None)
+        producer.produce(
+            topic,
+            key=b"k",
+            value=payload,
+            on_delivery=lambda err, msg: errors.append(err) if err else None,
+        )
         left = producer.flush(30)
         assert left == 0 and not errors, f"kafka: produce failed: {errors or left}"
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": f"dicomflow-smoke-{uuid.uuid4().hex[:8]}",
-        "auto.offset.reset": "earliest",
-        "enable.auto.commit": False,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"dicomflow-smoke-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     deadline = time.monotonic() + 60
     try:
@@ -102,24 +111,36 @@ def es_roundtrip() -> None:
     info = es.info()
     index = f"dicomflow-smoke-{uuid.uuid4().hex[:8]}"
     doc = {"PatientID": "SMOKE-1", "StudyDescription": "CT chest smoke test", "Modality": "CT"}
-    es.indices.create(index=index, mappings={"properties": {
-        "PatientID": {"type": "keyword"}, "Modality": {"type": "keyword"},
-        "StudyDescription": {"type": "text"}}})
+    es.indices.create(
+        index=index,
+        mappings={
+            "properties": {
+                "PatientID": {"type": "keyword"},
+                "Modality": {"type": "keyword"},
+                "StudyDescription": {"type": "text"},
+            }
+        },
+    )
     es.index(index=index, id="1", document=doc, refresh="wait_for")
     hits = es.search(index=index, query={"match": {"StudyDescription": "chest"}})["hits"]
     assert hits["total"]["value"] == 1 and hits["hits"][0]["_source"] == doc, hits
     es.indices.delete(index=index)
-    print(f"elasticsearch: ok  server={info['version']['number']} index+search+delete ({env('DICOMFLOW_ELASTICSEARCH_URL')})")
+    print(
+        f"elasticsearch: ok  server={info['version']['number']} index+search+delete ({env('DICOMFLOW_ELASTICSEARCH_URL')})"
+    )
 
 
 # --------------------------------------------------------------------------- s3
 def s3_client():
     from minio import Minio
 
-    return Minio(env("DICOMFLOW_S3_ENDPOINT"), access_key=env("DICOMFLOW_S3_ACCESS_KEY"),
-                 secret_key=env("DICOMFLOW_S3_SECRET_KEY"),
-                 secure=env("DICOMFLOW_S3_SECURE").lower() == "true",
-                 region=os.environ.get("DICOMFLOW_S3_REGION", "us-east-1"))
+    return Minio(
+        env("DICOMFLOW_S3_ENDPOINT"),
+        access_key=env("DICOMFLOW_S3_ACCESS_KEY"),
+        secret_key=env("DICOMFLOW_S3_SECRET_KEY"),
+        secure=env("DICOMFLOW_S3_SECURE").lower() == "true",
+        region=os.environ.get("DICOMFLOW_S3_REGION", "us-east-1"),
+    )
 
 
 def s3_roundtrip() -> None:
@@ -127,8 +148,14 @@ def s3_roundtrip() -> None:
     bucket = f"dicomflow-smoke-{uuid.uuid4().hex[:8]}"
     data = os.urandom(3 * 1024 * 1024 + 17)
     s3.make_bucket(bucket)
-    s3.put_object(bucket, "studies/1.2.3/instance.dcm", io.BytesIO(data), len(data),
-                  content_type="application/dicom", metadata={"x-amz-meta-sop": "1.2.3"})
+    s3.put_object(
+        bucket,
+        "studies/1.2.3/instance.dcm",
+        io.BytesIO(data),
+        len(data),
+        content_type="application/dicom",
+        metadata={"x-amz-meta-sop": "1.2.3"},
+    )
     resp = s3.get_object(bucket, "studies/1.2.3/instance.dcm")
     try:
         got = resp.read()
@@ -175,12 +202,18 @@ def main(argv: list[str]) -> int:
     load_env()
     what = argv or ["all"]
     actions = {
-        "kafka": kafka_roundtrip, "elasticsearch": es_roundtrip, "es": es_roundtrip,
-        "s3": s3_roundtrip, "write-markers": write_markers, "check-markers": check_markers,
+        "kafka": kafka_roundtrip,
+        "elasticsearch": es_roundtrip,
+        "es": es_roundtrip,
+        "s3": s3_roundtrip,
+        "write-markers": write_markers,
+        "check-markers": check_markers,
     }
     for item in what:
         if item == "all":
-            kafka_roundtrip(); es_roundtrip(); s3_roundtrip()
+            kafka_roundtrip()
+            es_roundtrip()
+            s3_roundtrip()
         elif item in actions:
             actions[item]()
         else:

@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     MRImageStorage,
@@ -49,11 +50,11 @@ def make_instance(
     study_uid = uid_for(seed, patient.patient_id, study_index)
     series_uid = uid_for(seed, patient.patient_id, study_index, series_index)
     sop_uid = uid_for(seed, patient.patient_id, study_index, series_index, instance_index)
-    sop_class: str = SOP_CLASSES.get(modality, SecondaryCaptureImageStorage)
+    sop_class = UID(SOP_CLASSES.get(modality, SecondaryCaptureImageStorage))
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
 
