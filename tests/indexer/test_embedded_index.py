@@ -1,0 +1,89 @@
+"""What is particular to the embedded (SQLite) index: its file, its statistics, its locks."""
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from index_archive import event_of
+
+from dicomflow.indexer import open_index
+from dicomflow.indexer.base import SearchRequest
+from dicomflow.indexer.embedded import INDEX_FILE, EmbeddedStudyIndex, _BatchWriter
+from dicomflow.indexer.exceptions import IndexerError
+from dicomflow.indexer.levels import Level
+from dicomflow.indexer.query import parse_lucene
+from dicomflow.kernel.events import MetadataExtracted, Namespace
+from dicomflow.kernel.exceptions import BackPressure
+from dicomflow.kernel.settings import Settings
+from dicomflow.synthetic import PatientSpec, make_instance
+
+
+def test_open_index_puts_one_wal_file_under_data_dir(tmp_path: Path) -> None:
+    index = open_index(Settings(data_dir=tmp_path))
+    assert isinstance(index, EmbeddedStudyIndex)
+    assert index.path == tmp_path / "index" / INDEX_FILE
+    with sqlite3.connect(index.path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    index.close()
+    with pytest.raises(IndexerError, match="closed"):
+        index.counts(Namespace.ORIGINAL)
+
+
+def test_statistics_are_refreshed_as_the_index_grows(
+    tmp_path: Path, archive_events: list[MetadataExtracted]
+) -> None:
+    index = EmbeddedStudyIndex(tmp_path)
+    index.upsert(archive_events)
+    with sqlite3.connect(index.path) as conn:
+        assert (
+            conn.execute("SELECT name FROM sqlite_master WHERE name = 'sqlite_stat1'").fetchall()
+            == []
+        )
+    index._analyze_at = len(archive_events)  # as if 1000 had been written
+    index.upsert(archive_events)
+    with sqlite3.connect(index.path) as conn:
+        assert conn.execute("SELECT count(*) FROM sqlite_stat1").fetchone()[0] > 0
+    query = parse_lucene("PatientID:PID-A")
+    result = index.search(
+        SearchRequest(namespace=Namespace.ORIGINAL, level=Level.STUDY, query=query)
+    )
+    assert result.total == 2
+    index.close()
+
+
+def test_a_locked_index_is_back_pressure_not_a_failure(
+    tmp_path: Path, archive_events: list[MetadataExtracted]
+) -> None:
+    index = EmbeddedStudyIndex(tmp_path, busy_timeout=0.05)
+    other = sqlite3.connect(index.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    try:
+        with pytest.raises(BackPressure, match="busy"):
+            index.upsert(archive_events[:1])
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    index.upsert(archive_events[:1])
+    assert index.counts(Namespace.ORIGINAL)[Level.INSTANCE] == 1
+    index.close()
+
+
+def test_a_reader_sees_the_last_committed_batch_while_one_is_written(tmp_path: Path) -> None:
+    patient = PatientSpec(patient_id="SNAP")
+    events = [event_of(make_instance(patient, 0, 0, i, rows=4, columns=4)) for i in range(50)]
+    writer = EmbeddedStudyIndex(tmp_path)
+    reader = EmbeddedStudyIndex(tmp_path)
+    request = SearchRequest(namespace=Namespace.ORIGINAL, level=Level.STUDY)
+    writer.upsert(events[:10])
+    conn = writer._conn()
+    conn.execute("BEGIN IMMEDIATE")
+    batch = _BatchWriter(conn)
+    batch.write(events[10:])
+    batch.finish()
+    (study,) = reader.search(request).results
+    assert study["00201208"]["Value"] == [10]
+    conn.execute("COMMIT")
+    (study,) = reader.search(request).results
+    assert study["00201208"]["Value"] == [50]
+    writer.close()
+    reader.close()
