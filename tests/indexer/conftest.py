@@ -51,12 +51,12 @@ def elasticsearch_factory() -> Iterator[IndexFactory]:
         return index
 
     yield factory
-    cleanup = ElasticsearchStudyIndex(url, prefix="unused")
-    try:
-        for prefix in sorted({index.prefix for index in opened}):
-            ElasticsearchStudyIndex(url, prefix=prefix, client=cleanup.client).uninstall()
-    finally:
-        cleanup.close()
+    for prefix in sorted({index.prefix for index in opened}):
+        cleanup = ElasticsearchStudyIndex(url, prefix=prefix)
+        try:
+            cleanup.uninstall()
+        finally:
+            cleanup.close()
 
 
 @pytest.fixture(
