@@ -110,11 +110,16 @@ def run_processors(settings: Settings, only: str | None = None, group: str | Non
     ]
     for thread in threads:
         thread.start()
-    stop.wait()
+    while not stop.wait(1.0):
+        if any(runner.state.failed for runner in runners):
+            break
     for runner in runners:
         runner.stop()
     for thread in threads:
         thread.join(timeout=30)
+    failed = [runner.processor.name for runner in runners if runner.state.failed]
+    if failed:
+        raise SystemExit(f"processor(s) failed: {', '.join(failed)}; see the log above")
 
 
 def run_api(settings: Settings) -> None:

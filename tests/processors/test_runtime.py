@@ -95,3 +95,46 @@ def test_a_failing_batch_sink_isolates_the_poison_record(bus: EmbeddedBus, tmp_p
     assert runner.step(timeout=1) == 3
     assert [r.value for r in bus.read(bus.topic(Topic.STORED))] == [b"a", b"b"]
     assert len(bus.read(bus.topic(Topic.DEAD_LETTER))) == 1
+
+
+class FlakyConsumer:
+    """Wraps a consumer so that the bus is 'down' for the next `outages` calls."""
+
+    def __init__(self, inner, outages: int) -> None:  # type: ignore[no-untyped-def]
+        self.inner = inner
+        self.outages = outages
+
+    def _maybe_fail(self) -> None:
+        from dicomflow.kernel.exceptions import BackendUnavailable
+
+        if self.outages > 0:
+            self.outages -= 1
+            raise BackendUnavailable("broker is down")
+
+    def poll(self, max_records: int = 500, timeout: float = 1.0):  # type: ignore[no-untyped-def]
+        self._maybe_fail()
+        return self.inner.poll(max_records, timeout)
+
+    def seek_to_committed(self) -> None:
+        self._maybe_fail()
+        self.inner.seek_to_committed()
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, name)
+
+
+def test_an_unreachable_bus_is_retried_not_fatal(bus: EmbeddedBus, tmp_path: Path) -> None:
+    topic = bus.topic(Topic.RECEIVED)
+    bus.producer().publish(topic, "study", b"x")
+    runner = _runner(bus, tmp_path)
+    runner.consumer = FlakyConsumer(runner.consumer, outages=3)  # type: ignore[assignment]
+    runner._backoff = 0.0
+    processed = 0
+    for _ in range(6):
+        runner._backoff = 0.0  # keep the test fast: no waiting between retries
+        processed += runner.step(timeout=0.2)
+        if processed:
+            break
+    assert processed == 1
+    assert runner.state.retries == 3
+    assert [r.value for r in bus.read(bus.topic(Topic.STORED))] == [b"x"]

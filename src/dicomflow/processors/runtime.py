@@ -46,6 +46,7 @@ class RunnerState:
     last_error: str = ""
     last_error_at: float = 0.0
     running: bool = False
+    failed: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -72,6 +73,7 @@ class ProcessorRunner:
         self.state = RunnerState(processor.name)
         self._stop = threading.Event()
         self._backoff = 0.0
+        self._needs_seek = False
 
     def stop(self) -> None:
         self._stop.set()
@@ -81,6 +83,12 @@ class ProcessorRunner:
         try:
             while not self._stop.is_set():
                 self.step()
+        except Exception:
+            # A bug, not a back-end outage (those are retried in step): stop loudly so that the
+            # process exits and its supervisor restarts it from the last commit.
+            log.exception("%s: processor loop failed", self.processor.name)
+            self.state.failed = True
+            raise
         finally:
             log.info(
                 "%s: stopped after processing %d records (%d dead-lettered)",
@@ -94,7 +102,15 @@ class ProcessorRunner:
 
     def step(self, timeout: float = 0.5) -> int:
         """Poll and process one batch; returns how many records were committed."""
-        records = self.consumer.poll(self.batch_size, timeout=timeout)
+        try:
+            if self._needs_seek:
+                # After a failed batch, go back to the last commit before reading on.
+                self.consumer.seek_to_committed()
+                self._needs_seek = False
+            records = self.consumer.poll(self.batch_size, timeout=timeout)
+        except (BackPressure, BackendUnavailable) as exc:
+            self._retry_later(exc)
+            return 0
         if not records:
             self._update_lag()
             return 0
@@ -166,7 +182,7 @@ class ProcessorRunner:
         return OutgoingRecord(self.dead_letter_topic, record.key, encode_event(letter))
 
     def _retry_later(self, exc: BaseException) -> None:
-        self.consumer.seek_to_committed()
+        self._needs_seek = True
         retry_after = exc.retry_after if isinstance(exc, BackPressure) else 0.0
         self._backoff = min(_MAX_BACKOFF, max(retry_after, self._backoff * 2 or 0.5))
         self.state.retries += 1
