@@ -35,7 +35,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         console.print(f"[bold]dicomflow {__version__}[/] serving")
         console.print(
             f"  DICOM SCP   AE title {settings.ae_title} on "
-            f"{settings.dicom_host}:{settings.dicom_port} (C-ECHO, C-STORE)"
+            f"{settings.dicom_host}:{settings.dicom_port} "
+            "(C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET)"
         )
         console.print(
             f"  HTTP API    http://{settings.http_host}:{settings.http_port}/ "
