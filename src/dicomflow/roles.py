@@ -42,6 +42,8 @@ def configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format=fmt, force=True)
     # pynetdicom logs every PDU at INFO: far too much on the hot path.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # The Elasticsearch client logs every request at INFO.
+    logging.getLogger("elastic_transport").setLevel(logging.WARNING)
 
 
 def _wait_for_stop() -> threading.Event:

@@ -89,8 +89,8 @@ def test_storescu_to_kafka_elasticsearch_s3_and_replay(scaleout: ScaleOut, tmp_p
     scaleout.start("index", "processor:index", "--group", f"{prefix}.index-rebuild")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        counts = index.counts(Namespace.ORIGINAL)
-        if counts[index_level("instance")] == len(files):
+        rebuilt = [index.counts(ns)[index_level("instance")] for ns in Namespace if ns != "spool"]
+        if rebuilt == [len(files), len(files)]:
             break
         time.sleep(0.5)
     assert index.counts(Namespace.ORIGINAL)[index_level("instance")] == len(files)
