@@ -67,6 +67,32 @@ def test_storescu_to_kafka_elasticsearch_s3_and_replay(scaleout: ScaleOut, tmp_p
     assert sorted(s["00201208"]["Value"][0] for s in studies) == [20, 20]
     found = scaleout.http.get("/api/search", params={"q": "PatientName:doe*"}).json()
     assert found["total"] == 1
+    # C-FIND answers from Elasticsearch too (DCMTK findscu, study root, study level).
+    find = subprocess.run(
+        [
+            dcmtk("findscu"),
+            "-S",
+            "-aec",
+            "DICOMFLOW",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            "PatientName=DOE*",
+            "-k",
+            "StudyInstanceUID",
+            "-k",
+            "NumberOfStudyRelatedInstances",
+            "127.0.0.1",
+            str(scaleout.dicom_port),
+        ],
+        env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert find.returncode == 0, find.stdout + find.stderr
+    answers = (find.stdout + find.stderr).count("Find Response:")
+    assert answers >= 1 and "(0020,000d)" in (find.stdout + find.stderr).lower()
 
     sent = read_dataset(files[0].read_bytes())
     response = scaleout.http.get(

@@ -2,8 +2,14 @@
 
 `DurableReceiver.receive` writes the object to the spool (fsync'd), appends its ``received``
 event to the bus (durable), and only then returns: the caller may acknowledge its client.
+
+The identity of an object (its four UIDs) comes from a small scanner of the encoded element
+headers (`scan_identity`), several times cheaper than decoding with pydicom; whatever it does
+not handle (big endian, deflate, malformed input) goes through pydicom as before, so the
+answers (and the error messages) stay those of pydicom's parse.
 """
 
+import struct
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,6 +19,7 @@ from typing import BinaryIO
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from dicomflow.ingest.exceptions import InvalidObject, ObjectTooLarge, StorageUnavailable
 from dicomflow.kernel.blobs.base import BlobStore
@@ -54,6 +61,198 @@ def identity_of(ds: Dataset, transfer_syntax_uid: str) -> InstanceIdentity:
     return InstanceIdentity(**values)
 
 
+_IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+# Transfer syntaxes the scanner does not read (the dataset is not explicit/implicit VR little
+# endian as it stands): explicit VR big endian and the deflated ones.
+_NOT_SCANNED = frozenset(
+    {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.201"}
+    | {"1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
+)
+_UID_TAGS = {
+    0x00080016: "SOPClassUID",
+    0x00080018: "SOPInstanceUID",
+    0x0020000D: "StudyInstanceUID",
+    0x0020000E: "SeriesInstanceUID",
+}
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_MAX_DEPTH = 16
+_U16, _U32, _TAG = struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<HH")
+
+
+class _Unscannable(Exception):
+    """The scanner gives up; pydicom decides (and words the error)."""
+
+
+def _skip_items(data: bytes, pos: int, end: int, implicit: bool, depth: int) -> int:
+    """Skip the items of an undefined-length value up to its sequence delimiter."""
+    if depth > _MAX_DEPTH:
+        raise _Unscannable("nested too deeply")
+    while pos + 8 <= end:
+        group, element = _TAG.unpack_from(data, pos)
+        tag = group << 16 | element
+        length = _U32.unpack_from(data, pos + 4)[0]
+        pos += 8
+        if tag == _SEQUENCE_END:
+            return pos
+        if tag != _ITEM:
+            raise _Unscannable("unexpected element in a sequence")
+        if length == _UNDEFINED:
+            pos = _scan(data, pos, end, implicit, depth + 1, None)
+        else:
+            pos += length
+    raise _Unscannable("sequence not terminated")
+
+
+def _scan(
+    data: bytes, pos: int, end: int, implicit: bool, depth: int, found: dict[int, bytes] | None
+) -> int:
+    """Walk the element headers of a dataset (or of an item, to its delimiter).
+
+    Top-level values of the UID tags go into `found`; every header and length is checked
+    against the buffer, as a lazy pydicom read would.
+    """
+    while pos < end:
+        if pos + 8 > end:
+            raise _Unscannable("truncated element header")
+        group, element = _TAG.unpack_from(data, pos)
+        tag = group << 16 | element
+        if tag == _ITEM_END:
+            if depth == 0:
+                raise _Unscannable("item delimiter at the top level")
+            return pos + 8
+        if implicit or group == 0xFFFE:
+            length = _U32.unpack_from(data, pos + 4)[0]
+            pos += 8
+        else:
+            vr = data[pos + 4 : pos + 6]
+            if vr in _LONG_VRS:
+                if pos + 12 > end:
+                    raise _Unscannable("truncated element header")
+                length = _U32.unpack_from(data, pos + 8)[0]
+                pos += 12
+            elif vr.isalpha() and vr.isupper():
+                length = _U16.unpack_from(data, pos + 6)[0]
+                pos += 8
+            else:
+                raise _Unscannable("not an explicit VR")
+        if length == _UNDEFINED:
+            # A sequence (implicit VR items when the VR is UN), or encapsulated pixel data.
+            inner_implicit = implicit or data[pos - 8 : pos - 6] == b"UN"
+            pos = _skip_items(data, pos, end, inner_implicit, depth)
+            continue
+        if pos + length > end:
+            raise _Unscannable("value runs past the end")
+        if found is not None and tag in _UID_TAGS:
+            found[tag] = data[pos : pos + length]
+        pos += length
+    if depth:
+        raise _Unscannable("item not terminated")
+    return pos
+
+
+def scan_identity(
+    data: bytes, transfer_syntax_uid: str, offset: int = 0
+) -> InstanceIdentity | None:
+    """The identity of an encoded dataset (from `offset`), or None where pydicom must decide.
+
+    None: a transfer syntax the scanner does not read, a structure it does not follow, or
+    UIDs that are not plain ASCII. Missing or invalid UIDs raise InvalidObject, as
+    `identity_of` does.
+    """
+    if transfer_syntax_uid in _NOT_SCANNED:
+        return None
+    found: dict[int, bytes] = {}
+    try:
+        _scan(data, offset, len(data), transfer_syntax_uid == _IMPLICIT_VR_LITTLE_ENDIAN, 0, found)
+        values = {
+            keyword: found[tag].decode("ascii")
+            for tag, keyword in _UID_TAGS.items()
+            if tag in found
+        }
+    except (_Unscannable, struct.error, UnicodeDecodeError):
+        return None
+    if any("\\" in value for value in values.values()):
+        return None  # multi-valued: let pydicom's reading of it decide
+    return _identity_from(values, transfer_syntax_uid)
+
+
+def _identity_from(values: dict[str, str], transfer_syntax_uid: str) -> InstanceIdentity:
+    fields: dict[str, str] = {}
+    for keyword, field in _REQUIRED:
+        raw = values.get(keyword)
+        if raw is None or raw.strip() == "":
+            raise InvalidObject(f"the dataset has no {keyword}")
+        try:
+            fields[field] = validate_uid(raw.strip().rstrip("\0").strip(), keyword)
+        except InvalidUID as exc:
+            raise InvalidObject(str(exc)) from exc
+    try:
+        fields["transfer_syntax_uid"] = validate_uid(transfer_syntax_uid, "TransferSyntaxUID")
+    except InvalidUID as exc:
+        raise InvalidObject(str(exc)) from exc
+    return InstanceIdentity(**fields)
+
+
+def _element(group_element: int, vr: bytes, value: bytes) -> bytes:
+    tag = _TAG.pack(group_element >> 16, group_element & 0xFFFF)
+    if vr in _LONG_VRS:
+        return tag + vr + b"\0\0" + _U32.pack(len(value)) + value
+    return tag + vr + _U16.pack(len(value)) + value
+
+
+def _padded(value: str, pad: bytes) -> bytes:
+    encoded = value.encode("ascii")
+    return encoded + pad if len(encoded) % 2 else encoded
+
+
+def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:
+    """Preamble, prefix and File Meta Information, as pynetdicom's `encoded_dataset` writes them.
+
+    The same elements and bytes as pynetdicom's ``create_file_meta`` + ``encode_file_meta``,
+    without building and encoding a pydicom dataset for every object received.
+    """
+    body = b"".join(
+        (
+            _element(0x00020001, b"OB", b"\0\1"),
+            _element(0x00020002, b"UI", _padded(sop_class_uid, b"\0")),
+            _element(0x00020003, b"UI", _padded(sop_instance_uid, b"\0")),
+            _element(0x00020010, b"UI", _padded(transfer_syntax_uid, b"\0")),
+            _element(0x00020012, b"UI", _padded(PYNETDICOM_IMPLEMENTATION_UID, b"\0")),
+            _element(0x00020013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+        )
+    )
+    return b"\0" * 128 + b"DICM" + _element(0x00020000, b"UL", _U32.pack(len(body))) + body
+
+
+def _file_meta_end(data: bytes) -> tuple[int, str] | None:
+    """(offset of the dataset, transfer syntax) of a Part 10 object, None if unusual."""
+    if len(data) < 144 or data[128:132] != b"DICM":
+        return None
+    pos, syntax = 132, ""
+    try:
+        while pos + 8 <= len(data):
+            group, element = _TAG.unpack_from(data, pos)
+            if group != 0x0002:
+                break
+            vr = data[pos + 4 : pos + 6]
+            if vr in _LONG_VRS:
+                length = _U32.unpack_from(data, pos + 8)[0]
+                pos += 12
+            else:
+                length = _U16.unpack_from(data, pos + 6)[0]
+                pos += 8
+            if element == 0x0010:
+                syntax = data[pos : pos + length].decode("ascii").strip().rstrip("\0")
+            pos += length
+    except (struct.error, UnicodeDecodeError):
+        return None
+    return (pos, syntax) if syntax and pos <= len(data) else None
+
+
 def parse_header(data: bytes | BinaryIO) -> Dataset:
     """Parse a DICOM Part 10 object up to its pixel data; raises InvalidObject."""
     stream = BytesIO(data) if isinstance(data, bytes) else data
@@ -67,6 +266,11 @@ def parse_header(data: bytes | BinaryIO) -> Dataset:
 
 def identity_of_file_bytes(data: bytes) -> InstanceIdentity:
     """Identity of a Part 10 file (preamble, meta, dataset) held in memory."""
+    meta = _file_meta_end(data)
+    if meta is not None:
+        identity = scan_identity(data, meta[1], meta[0])
+        if identity is not None:
+            return identity
     ds = parse_header(data)
     meta = getattr(ds, "file_meta", None)
     syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
