@@ -301,3 +301,46 @@ def test_import_reports_and_ingests_without_and_with_a_server(tmp_path: Path) ->
         assert srv.http.get("/api/search", params={"level": "instance"}).json()["total"] == 24
     finally:
         assert srv.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("option", "name"),
+    [("-xw", "JPEG2000.dcm"), ("-xr", "MR_small_RLE.dcm"), ("-xd", "image_dfl.dcm")],
+)
+def test_compressed_objects_are_kept_in_their_transfer_syntax(
+    server: Server, tmp_path: Path, option: str, name: str
+) -> None:
+    from pydicom.data import get_testdata_file
+
+    source = get_testdata_file(name, download=False)
+    assert source is not None, name
+    path = Path(str(source))
+    result = subprocess.run(
+        [
+            dcmtk("storescu"),
+            option,
+            "-aec",
+            "DICOMFLOW",
+            "127.0.0.1",
+            str(server.dicom_port),
+            str(path),
+        ],
+        env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    server.wait_idle()
+    sent = read_dataset(path.read_bytes())
+    url = (
+        f"/dicomweb/studies/{sent.StudyInstanceUID}/series/{sent.SeriesInstanceUID}"
+        f"/instances/{sent.SOPInstanceUID}"
+    )
+    response = server.http.get(url, headers={"Accept": "application/dicom"})
+    assert response.status_code == 200
+    stored = read_dataset(response.content)
+    # storescu re-encodes the attributes it sends, so the check is on what must not change:
+    # the transfer syntax and the (compressed) pixel data, byte for byte.
+    assert stored.file_meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID
+    assert stored.PixelData == sent.PixelData
