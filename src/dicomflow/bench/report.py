@@ -271,9 +271,9 @@ def build_rows(results: dict[str, Any], targets: list[Target]) -> list[Row]:
             rows.append(
                 Row(
                     section,
-                    "pipeline lag: max / drain after the ingest stopped",
+                    "pipeline lag: max / last object searchable after the ingest stopped",
                     f"{searchable['max_lag']} records / "
-                    f"{fmt_seconds(searchable['drain_after_ingest_s'])}",
+                    f"{fmt_seconds(searchable.get('all_searchable_after_ingest_s'))}",
                 )
             )
     levels = results.get("archive", {}).get("levels", [])

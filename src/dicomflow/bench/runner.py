@@ -323,6 +323,7 @@ class Bench:
                 started = time.monotonic()
                 sent = sustained_ingest(storescu, server, folders, opts.sustained_seconds)
                 ingest_seconds = time.monotonic() - started
+                ingest_end = time.time()
                 lag_curve.mark("ingest_end")
                 received = server.count() - received_before
                 self.say(
@@ -345,6 +346,9 @@ class Bench:
             "poll_round_s": tracker.round_summary(),
             "lag_curve": lag_curve.samples,
             "max_lag": max((s["lag"] for s in lag_curve.samples), default=None),
+            "all_searchable_after_ingest_s": (
+                tracker.last_seen - ingest_end if tracker.last_seen else None
+            ),
             "drain_after_ingest_s": lag_curve.drain_seconds("ingest_end"),
             "extra_drain_s": drain,
             "method": (
@@ -710,6 +714,7 @@ class SearchableTracker:
         self._offset = server.bus().topic_sizes().get(self._topic, 0)
         self._pending: OrderedDict[tuple[str, str], dict[str, float]] = OrderedDict()
         self._latencies: list[float] = []
+        self.last_seen = 0.0  # wall time of the last object found searchable
         self._rounds: list[float] = []
         self._seen_records = 0
         self._stop = threading.Event()
@@ -747,6 +752,7 @@ class SearchableTracker:
                 if acked is not None:
                     with self._lock:
                         self._latencies.append(now - acked)
+                        self.last_seen = now
             if not waiting:
                 del self._pending[key]
 
