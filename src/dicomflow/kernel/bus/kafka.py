@@ -260,6 +260,9 @@ class KafkaBus(EventBus):
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": 10000,
+                # A topic created by another process just before this subscription may be missing
+                # from the first metadata; the default refresh (5 min) would leave it unread.
+                "topic.metadata.refresh.interval.ms": 5000,
                 "max.poll.interval.ms": 600000,
             },
             topics,
