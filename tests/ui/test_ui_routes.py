@@ -420,6 +420,8 @@ def test_dead_letters_are_listed_and_retried(archive: Archive, client: TestClien
     before = archive.bus.topic_sizes().get(stored, 0)
     retried = client.post("/ui/fragments/deadletters/0/retry", headers={"HX-Request": "true"})
     assert retried.status_code == 200 and "re-published to dicomflow.stored" in retried.text
+    [listed] = client.get("/api/deadletters").json()
+    assert listed["offset"] == 0 and listed["reason"] and listed["payload_bytes"] > 0
     api = client.post("/api/deadletters/0/retry")
     assert api.status_code == 202 and api.json()["topic"] == stored
     records = archive.bus.read(stored, before, 10)

@@ -1,10 +1,13 @@
 """Health, pipeline status and Prometheus metrics."""
 
+from dataclasses import asdict
+
 from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
+from dicomflow.api import deadletters
 from dicomflow.api.deps import BusDep, IndexDep, SettingsDep
 from dicomflow.kernel.events import DeadLetter, Namespace, Topic, decode_event
 from dicomflow.processors.plugins import plugin_manager, processor_classes, select
@@ -40,6 +43,9 @@ class DeadLetterPublic(BaseModel):
     error_type: str
     reason: str
     failed_at: str
+    payload_type: str
+    payload_ref: str
+    payload_bytes: int
 
 
 @router.get("/healthz", summary="Liveness")
@@ -74,22 +80,13 @@ def pipeline_status(settings: SettingsDep, bus: BusDep, index: IndexDep) -> Pipe
 
 @router.get("/api/deadletters", summary="Dead-lettered events with their reasons")
 def dead_letters(bus: BusDep, offset: int = 0, limit: int = 100) -> list[DeadLetterPublic]:
-    out: list[DeadLetterPublic] = []
-    for record in bus.read(bus.topic(Topic.DEAD_LETTER), offset, min(limit, 1000)):
-        letter = decode_event(record.value, DeadLetter)
-        out.append(
-            DeadLetterPublic(
-                offset=record.offset,
-                group=letter.group,
-                topic=letter.topic,
-                partition=letter.partition,
-                source_offset=letter.offset,
-                key=letter.key,
-                error_type=letter.error_type,
-                reason=letter.reason,
-                failed_at=letter.failed_at.isoformat(),
-            )
+    # One reading of a dead letter for the API and the dashboard: deadletters.view.
+    out = [
+        DeadLetterPublic(
+            **asdict(deadletters.view(record.offset, decode_event(record.value, DeadLetter)))
         )
+        for record in bus.read(bus.topic(Topic.DEAD_LETTER), offset, min(limit, 1000))
+    ]
     return out
 
 
