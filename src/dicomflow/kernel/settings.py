@@ -130,6 +130,13 @@ class Settings(BaseSettings):
         False, description="Retain Device Identity (station name, serial numbers)."
     )
 
+    audit_max_scan: int = Field(
+        200_000,
+        ge=1,
+        description="Most audit records one audit search reads back from the end of the audit "
+        "topic (older ones are for the system the topic is exported to).",
+    )
+
     processors: str = Field(
         "", description="Comma-separated allowlist of processors to run (empty = all installed)."
     )
