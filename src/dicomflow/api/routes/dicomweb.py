@@ -454,8 +454,12 @@ def _rendered_response(
         return media_type, image
 
     media_type, image = _http_errors(build)
-    return Response(image, media_type=media_type)
+    # Rendering costs a decode; a browser showing the same thumbnails again (back to the
+    # results, the next page and back) should not pay it twice. Private: the image is PHI.
+    return Response(image, media_type=media_type, headers=RENDERED_CACHE_HEADERS)
 
+
+RENDERED_CACHE_HEADERS = {"Cache-Control": "private, max-age=300", "Vary": "Accept"}
 
 # --- the routes -----------------------------------------------------------------------------
 
