@@ -10,6 +10,7 @@ import argparse
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -97,6 +98,27 @@ def run_target(
     return outcome
 
 
+def reproduce(target: str, path: Path, workdir: Path) -> int:
+    """Run one input through `target` in this process: 0 if it passes, 1 with its traceback."""
+    import importlib
+    import traceback
+    import warnings
+
+    warnings.simplefilter("ignore")
+    spec = TARGETS[target]
+    state = workdir.resolve() / "state" / f"{target}-reproduce"
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    one_input = getattr(importlib.import_module(spec.module), f"build_{spec.entry}")(state)
+    try:
+        one_input(path.read_bytes())
+    except Exception:
+        traceback.print_exc()
+        return 1
+    print(f"{target}: {path} passes")
+    return 0
+
+
 def report(outcomes: Sequence[Outcome], wall: float) -> str:
     lines = [
         f"{'target':<12} {'executions':>12} {'seconds':>9} {'exec/s':>8} {'crashes':>8} "
@@ -133,7 +155,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-time", type=int, default=None, help="seconds per target at most (a safety net)"
     )
     parser.add_argument("--list", action="store_true", help="list the targets and exit")
+    parser.add_argument(
+        "--reproduce",
+        nargs=2,
+        metavar=("TARGET", "INPUT"),
+        help="run one saved input through a target, uninstrumented, and show what it raises",
+    )
     args = parser.parse_args(argv)
+    if args.reproduce:
+        return reproduce(args.reproduce[0], Path(args.reproduce[1]), args.workdir)
     if args.list:
         for spec in TARGETS.values():
             print(f"{spec.name:<12} {spec.about}")

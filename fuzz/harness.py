@@ -8,6 +8,7 @@ exception that names the original one.
 
 import logging
 import socket
+import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -58,7 +59,9 @@ class ErrorLogTrap(logging.Handler):
         record, self.records = self.records[0], []
         assert record.exc_info is not None
         error = record.exc_info[1]
-        raise UnexpectedError(f"{record.name}: {record.getMessage()}") from error
+        # The logged traceback in the message: the fuzzer prints only the raised one.
+        logged = "".join(traceback.format_exception(*record.exc_info))
+        raise UnexpectedError(f"{record.name}: {record.getMessage()}\n{logged}") from error
 
     def __enter__(self) -> "ErrorLogTrap":
         self.records = []

@@ -10,6 +10,7 @@ import hashlib
 import importlib
 import shutil
 import sys
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def load(spec: TargetSpec, state: Path) -> tuple[Callable[[bytes], None], Iterab
 
 def main(argv: list[str]) -> None:
     name, workdir, flags = argv[1], Path(argv[2]), argv[3:]
+    warnings.simplefilter("ignore")  # pydicom warns about every odd value it meets
     spec = TARGETS[name]
     state = workdir / "state" / name
     shutil.rmtree(state, ignore_errors=True)

@@ -155,7 +155,8 @@ def build_pynetdicom(workdir: Path) -> OneInput:
                 context=SimpleNamespace(transfer_syntax=syntaxes[context_id]),
             )
             with trap:
-                check_store_status(handle_store(event))
+                status = handle_store(event)
+            check_store_status(status)
 
     return one
 
@@ -183,7 +184,7 @@ def _store_function(receiver: DurableReceiver) -> OneInput:
         sop_class = _SOP_CLASS if data[1] & 2 else ""
         with trap:
             status = store_encoded(receiver, data[2:], syntax, sop_class, sop_instance, SOURCE)
-            check_store_status(status)
+        check_store_status(status)
 
     return one
 
