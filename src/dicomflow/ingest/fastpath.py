@@ -46,6 +46,7 @@ _C_STORE_RQ, _C_STORE_RSP, _C_ECHO_RQ, _C_ECHO_RSP = 0x0001, 0x8001, 0x0030, 0x8
 _NO_DATASET = 0x0101
 
 _MAX_RQ_BYTES = 1 << 20  # larger associate requests are left to pynetdicom
+_PREALLOCATED_BYTES = 4 << 20  # larger PDUs are read in parts of this size
 _U16, _U32, _BE16, _BE32 = (
     struct.Struct("<H"),
     struct.Struct("<I"),
@@ -355,6 +356,19 @@ class _Connection:
         self.contexts: dict[int, str] = {}
 
     def _recv_exact(self, count: int) -> bytearray:
+        if count <= _PREALLOCATED_BYTES:
+            return self._recv_into_new(count)
+        # A PDU length is the peer's claim, up to 4 GiB in a 6-byte header: memory is
+        # allocated as the bytes arrive, never for the claim alone.
+        parts: list[bytearray] = []
+        remaining = count
+        while remaining:
+            part = self._recv_into_new(min(remaining, _PREALLOCATED_BYTES))
+            parts.append(part)
+            remaining -= len(part)
+        return bytearray().join(parts)
+
+    def _recv_into_new(self, count: int) -> bytearray:
         buffer = bytearray(count)
         view = memoryview(buffer)
         got = 0
