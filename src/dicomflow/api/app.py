@@ -8,19 +8,32 @@ from fastapi import FastAPI
 from dicomflow import __version__
 from dicomflow.api.deps import AppState
 from dicomflow.api.problems import install_problem_handlers
-from dicomflow.api.routes import admin, dicomweb, downloads, operations, search, status, stow, ui
+from dicomflow.api.routes import (
+    admin,
+    audit,
+    dicomweb,
+    downloads,
+    operations,
+    search,
+    status,
+    stow,
+    ui,
+)
 from dicomflow.indexer import open_index
+from dicomflow.kernel.audit import open_audit_trail
 from dicomflow.kernel.backends import open_blob_store, open_bus
 from dicomflow.kernel.events import Namespace
 from dicomflow.kernel.settings import Settings
 
 
 def create_app(settings: Settings) -> FastAPI:
+    bus = open_bus(settings)
     state = AppState(
         settings=settings,
         index=open_index(settings),
         blobs=open_blob_store(settings),
-        bus=open_bus(settings),
+        bus=bus,
+        audit=open_audit_trail(settings, bus),
     )
 
     @asynccontextmanager
@@ -28,6 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         state.index.close()
         state.blobs.close()
+        state.audit.close()
         state.bus.close()
 
     app = FastAPI(
@@ -42,6 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(search.router)
     app.include_router(stow.router)
     app.include_router(admin.router)
+    app.include_router(audit.router)
     app.include_router(operations.router)
     app.include_router(downloads.router)
     app.include_router(ui.router)

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from dicomflow.indexer.base import StudyIndex
 from dicomflow.ingest.receiver import DurableReceiver
+from dicomflow.kernel.audit import AuditTrail
 from dicomflow.kernel.backends import open_spool
 from dicomflow.kernel.blobs.base import BlobStore
 from dicomflow.kernel.bus.base import EventBus
@@ -20,6 +21,7 @@ class AppState:
     index: StudyIndex
     blobs: BlobStore
     bus: EventBus
+    audit: AuditTrail
     _receiver: DurableReceiver | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
@@ -54,8 +56,13 @@ def get_bus(state: "StateDep") -> EventBus:
     return state.bus
 
 
+def get_audit(state: "StateDep") -> AuditTrail:
+    return state.audit
+
+
 StateDep = Annotated[AppState, Depends(get_state)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 IndexDep = Annotated[StudyIndex, Depends(get_index)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 BusDep = Annotated[EventBus, Depends(get_bus)]
+AuditDep = Annotated[AuditTrail, Depends(get_audit)]

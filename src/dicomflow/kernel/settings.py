@@ -51,7 +51,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DICOMFLOW_", extra="ignore")
 
     dev_mode: bool = Field(
-        True, description="Development mode: allows placeholder secrets. Set false in production."
+        False,
+        description="Development mode: allows placeholder secrets in a scale-out deployment "
+        "(and the other dev-only settings). Never in production.",
     )
     data_dir: Path = Field(
         Path("dicomflow-data"), description="Where the embedded back ends and the spool keep data."
@@ -160,7 +162,9 @@ class Settings(BaseSettings):
 
     deid_secret: SecretStr = Field(
         SecretStr(PLACEHOLDER_SECRET),
-        description="Key of the keyed hash that makes pseudonymous UIDs and IDs. Keep it secret.",
+        description="Key of the keyed hash that makes pseudonymous UIDs and IDs. Keep it secret. "
+        "The embedded deployment generates one on first start (`<data_dir>/secrets/deid-secret`); "
+        "a scale-out deployment must set it.",
     )
     deid_uid_root: str = Field(
         "2.25", description="UID root of pseudonymous UIDs (2.25 = UUID-derived, no registration)."
@@ -174,6 +178,13 @@ class Settings(BaseSettings):
     )
     deid_retain_device_identity: bool = Field(
         False, description="Retain Device Identity (station name, serial numbers)."
+    )
+
+    audit_max_scan: int = Field(
+        200_000,
+        ge=1,
+        description="Most audit records one audit search reads back from the end of the audit "
+        "topic (older ones are for the system the topic is exported to).",
     )
 
     processors: str = Field(
@@ -209,12 +220,26 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     def check_secrets(self) -> None:
-        """Refuse to run outside dev mode while a secret still holds its placeholder."""
+        """Refuse to run outside dev mode while a secret still holds its placeholder.
+
+        The embedded deployment generates its de-identification key on first start
+        (kernel/secrets.py); a scale-out one must be given one, shared by every replica.
+        """
         if self.dev_mode:
             return
-        if self.deid_secret.get_secret_value() in ("", PLACEHOLDER_SECRET):
+        if self.bus is not BusBackend.EMBEDDED and self.deid_secret.get_secret_value() in (
+            "",
+            PLACEHOLDER_SECRET,
+        ):
             raise ValueError(
-                "DICOMFLOW_DEID_SECRET still holds its placeholder: set a long random value "
+                "DICOMFLOW_DEID_SECRET still holds its placeholder: a scale-out deployment needs "
+                "one long random value shared by every process (or DICOMFLOW_DEV_MODE=true for "
+                "a test setup)"
+            )
+        uses_s3 = BlobBackend.S3 in (self.blobs, self.spool)
+        if uses_s3 and not self.s3_secret_key.get_secret_value():
+            raise ValueError(
+                "DICOMFLOW_S3_SECRET_KEY is empty while S3 is configured: set the S3 credentials "
                 "(or DICOMFLOW_DEV_MODE=true for a test setup)"
             )
 
