@@ -9,8 +9,8 @@ and pynetdicom, plain and TLS) and every service:
   use each service; empty = every AE that may associate. An association that proposes only
   services its AE may not use is rejected the same way (Verification alone is always allowed);
   an operation on a mixed association answers 0x0124 Refused: Not Authorized.
-- ``DICOMFLOW_DICOM_MOVE_DESTINATIONS``: which registered destinations each AE may C-MOVE to
-  (refused: 0xA801 Move Destination unknown).
+- ``DICOMFLOW_DICOM_MOVE_DESTINATIONS``: which registered destinations each AE may C-MOVE to,
+  ``WS1=PACS2,VIEWER;WS2=*;*=ARCHIVE`` (refused: 0xA801 Move Destination unknown).
 
 An entry is ``AE`` (from anywhere), ``AE@192.0.2.7`` or ``AE@192.0.2.0/24`` (from that address or
 network only); ``*`` stands for any AE title (``*@10.0.0.0/8``: any AE of that network).
@@ -134,7 +134,7 @@ def parse_ae_rules(text: str, setting: str) -> tuple[AeRule, ...] | None:
 
 
 def parse_move_destinations(text: str) -> dict[str, frozenset[str] | None] | None:
-    """``CALLING=DEST1|DEST2;OTHER=*`` as {calling AE: destinations (None = any)}; None if empty."""
+    """``CALLING=DEST1,DEST2;OTHER=*`` as {calling AE: destinations (None = any)}; None if empty."""
     setting = "DICOMFLOW_DICOM_MOVE_DESTINATIONS"
     mapping: dict[str, frozenset[str] | None] = {}
     for item in (part.strip() for part in text.split(";")):
@@ -143,12 +143,12 @@ def parse_move_destinations(text: str) -> dict[str, frozenset[str] | None] | Non
         calling, equals, targets = item.partition("=")
         if not equals:
             raise AccessConfigError(
-                f"{setting}: {item[:60]!r} is not CALLING=DEST1|DEST2 (e.g. WS1=PACS2|VIEWER)"
+                f"{setting}: {item[:60]!r} is not CALLING=DEST1,DEST2 (e.g. WS1=PACS2,VIEWER)"
             )
         title = _check_title(calling, setting)
         if title in mapping:
             raise AccessConfigError(f"{setting}: {title} is listed twice")
-        names = [_check_title(name, setting) for name in targets.split("|") if name.strip()]
+        names = [_check_title(name, setting) for name in targets.split(",") if name.strip()]
         mapping[title] = None if ANY in names else frozenset(names)
     return mapping or None
 
@@ -230,8 +230,8 @@ class AccessPolicy:
         return []
 
 
-DeniedHook = Callable[[str, str, str, str], None]
-"""(what was refused, calling AE title, peer ``host:port``, reason) of a refusal."""
+DeniedHook = Callable[[str, str, str, int, str], None]
+"""(what was refused, calling AE title, peer host, peer port, reason) of a refusal."""
 
 
 @dataclass
@@ -246,12 +246,11 @@ class AccessGuard:
     on_denied: DeniedHook | None = None
 
     def refuse(self, what: str, calling_ae: str, host: str, port: int, reason: str) -> None:
-        address = f"{host}:{port}"
         # AE title and address only: no patient data in the log.
-        log.warning("%s refused for %s from %s: %s", what, calling_ae or "?", address, reason)
+        log.warning("%s refused for %s from %s:%d: %s", what, calling_ae or "?", host, port, reason)
         if self.on_denied is not None:
             try:
-                self.on_denied(what, calling_ae, address, reason)
+                self.on_denied(what, calling_ae, host, port, reason)
             except Exception:
                 log.exception("the refusal of %s for %s could not be recorded", what, calling_ae)
 

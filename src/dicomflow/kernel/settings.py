@@ -95,8 +95,9 @@ class Settings(BaseSettings):
     )
     dicom_move_destinations: str = Field(
         "",
-        description="Which destinations each calling AE may C-MOVE to: CALLING=DEST1|DEST2;"
-        "OTHER=* ('*' as calling AE: everyone else); empty = any registered destination.",
+        description="Which destinations each calling AE may C-MOVE to, e.g. "
+        "WS1=PACS2,VIEWER;WS2=*;*=ARCHIVE ('*' as calling AE: every other AE); empty = any "
+        "registered destination.",
     )
     dicom_tls_port: int = Field(
         0, description="Port of the DICOM TLS listener (same services, TLS 1.2+); 0 = off."
