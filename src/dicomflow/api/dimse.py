@@ -836,16 +836,16 @@ class QueryRetrieveService:
             log.info("C-MOVE refused: unknown destination %r", title)
             yield None, None  # pynetdicom answers 0xA801: move destination unknown
             return
-        if not self.guard.permits_move(who.ae_title, who.host, who.port, title):
-            yield None, None  # 0xA801: not a destination this AE may move to
-            return
         plan: list[InstanceRecord] | Dataset
-        if self.guard.permits(DimseService.MOVE, who.ae_title, who.host, who.port):
-            plan = self._plan(event, model, AuditAction.EXPORT, f"C-MOVE to {title}")
-        else:
+        if not self.guard.permits(DimseService.MOVE, who.ae_title, who.host, who.port):
             # Only a failure after associating with the destination carries a status of its
             # own; nothing but Verification is proposed to it.
             plan = status(NOT_AUTHORIZED, f"{who.ae_title} may not retrieve (not authorized)")
+        elif not self.guard.permits_move(who.ae_title, who.host, who.port, title):
+            yield None, None  # 0xA801: not a destination this AE may move to
+            return
+        else:
+            plan = self._plan(event, model, AuditAction.EXPORT, f"C-MOVE to {title}")
         accepted: list[Any] = []
         options: dict[str, Any] = {
             "contexts": (

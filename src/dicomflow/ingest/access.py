@@ -268,7 +268,12 @@ class AccessGuard:
         """Whether one operation may run (a refusal is logged and reported)."""
         if self.policy.may_use(service, calling_ae, host):
             return True
-        setting = "RETRIEVE" if service in (DimseService.MOVE, DimseService.GET) else service[2:]
+        if not self.policy.may_associate(calling_ae, host):
+            setting = "ALLOWED"
+        elif service in (DimseService.MOVE, DimseService.GET):
+            setting = "RETRIEVE"
+        else:
+            setting = service.removeprefix("C-")
         self.refuse(service, calling_ae, host, port, f"not in DICOMFLOW_DICOM_{setting}_AES")
         return False
 

@@ -35,6 +35,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from dicomflow.ingest.access import (
     NOT_AUTHORIZED,
+    REJECT_LOCAL_LIMIT,
     REJECT_NOT_RECOGNIZED,
     AccessGuard,
     AccessPolicy,
@@ -190,10 +191,13 @@ def make_fast_acceptor(
         admit=admit,
         max_object_bytes=settings.max_object_bytes,
     )
-    acceptor.can_accept = lambda: (
-        len(ae.active_associations) + acceptor.active < ae.maximum_associations
-    )
     return acceptor
+
+
+def acceptor_associations(ae: AE, fast: FastAcceptor | None) -> int:
+    """Associations in progress that peers requested, on both paths and every listener."""
+    served = sum(1 for assoc in ae.active_associations if assoc.is_acceptor)
+    return served + (fast.active if fast is not None else 0)
 
 
 def tune_socket(event: Any) -> None:
@@ -208,11 +212,15 @@ def tune_socket(event: Any) -> None:
 
 
 class GuardedACSE(ACSE):
-    """pynetdicom's ACSE that first rejects the associations the access policy refuses."""
+    """pynetdicom's ACSE that first rejects the associations the access policy refuses, and
+    those past DICOMFLOW_DICOM_MAX_ASSOCIATIONS counting the fast path's too."""
 
-    def __init__(self, assoc: Association, guard: AccessGuard) -> None:
+    def __init__(
+        self, assoc: Association, guard: AccessGuard, count: Callable[[], int] | None = None
+    ) -> None:
         super().__init__(assoc)
         self.guard = guard
+        self.count = count
 
     def _negotiate_as_acceptor(self) -> None:
         request = self.requestor.primitive
@@ -221,11 +229,23 @@ class GuardedACSE(ACSE):
         contexts = getattr(request, "presentation_context_definition_list", None) or []
         syntaxes = [str(context.abstract_syntax or "") for context in contexts]
         if not self.guard.admit(calling, requestor.address, requestor.port, syntaxes):
-            self.send_reject(*REJECT_NOT_RECOGNIZED)
-            evt.trigger(self.assoc, evt.EVT_REJECTED, {})
-            self.assoc.kill()
+            self._reject(REJECT_NOT_RECOGNIZED)
+            return
+        # This association is among those counted.
+        if self.count is not None and self.count() > self.assoc.ae.maximum_associations:
+            log.warning(
+                "association from %s:%s rejected: too many associations",
+                requestor.address,
+                requestor.port,
+            )
+            self._reject(REJECT_LOCAL_LIMIT)
             return
         super()._negotiate_as_acceptor()
+
+    def _reject(self, reason: tuple[int, int, int]) -> None:
+        self.send_reject(*reason)
+        evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+        self.assoc.kill()
 
 
 class GuardedRequestHandler(RequestHandler):
@@ -233,8 +253,13 @@ class GuardedRequestHandler(RequestHandler):
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
-        guard = getattr(self.server, "guard", None)
-        assoc.acse = GuardedACSE(assoc, guard if isinstance(guard, AccessGuard) else AccessGuard())
+        server = self.server
+        guard = getattr(server, "guard", None)
+        assoc.acse = GuardedACSE(
+            assoc,
+            guard if isinstance(guard, AccessGuard) else AccessGuard(),
+            getattr(server, "association_count", None),
+        )
         return assoc
 
 
@@ -249,6 +274,7 @@ class StoreServer(ThreadedAssociationServer):
 
     fast: FastAcceptor | None = None
     guard: AccessGuard = AccessGuard()
+    association_count: Callable[[], int] | None = None
     handshake_timeout: float = 30.0
     companions: Sequence[ThreadedAssociationServer] = ()
 
@@ -405,8 +431,13 @@ def start_scp(
         request_handler=GuardedRequestHandler,
     )
     assert isinstance(server, StoreServer)
-    server.guard = guard
-    server.fast = make_fast_acceptor(ae, receiver, settings, guard)
+    fast = make_fast_acceptor(ae, receiver, settings, guard)
+
+    def count() -> int:
+        return acceptor_associations(ae, fast)
+
+    fast.can_accept = lambda: count() < ae.maximum_associations
+    server.guard, server.fast, server.association_count = guard, fast, count
     if ssl_context is not None:
         secure = ae.make_server(
             (settings.dicom_host, settings.dicom_tls_port),
@@ -416,7 +447,7 @@ def start_scp(
             request_handler=GuardedRequestHandler,
         )
         assert isinstance(secure, StoreServer)
-        secure.guard = guard
+        secure.guard, secure.association_count = guard, count
         secure.handshake_timeout = float(ae.acse_timeout or 30)
         server.companions = [secure]
         _serve(secure, "dicom-scp-tls")
