@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dicomflow import __version__
-from dicomflow.kernel.settings import get_settings
+from dicomflow.kernel.settings import Settings, get_settings
 
 # soft_wrap: report lines (file paths) are never broken, so that logs can be grepped.
 console = Console(soft_wrap=True)
@@ -20,6 +20,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     settings.check_secrets()
     configure_logging(settings)
+    if args.role in (None, "ingest") and not _dicom_access_is_valid(settings):
+        return 2
     if args.role:
         if args.group and not args.role.startswith("processor:"):
             console.print("[red]--group needs a single processor role (--role processor:NAME)[/]")
@@ -38,6 +40,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"{settings.dicom_host}:{settings.dicom_port} "
             "(C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET)"
         )
+        if settings.dicom_tls_port:
+            console.print(f"  DICOM TLS   on {settings.dicom_host}:{settings.dicom_tls_port}")
         console.print(
             f"  HTTP API    http://{settings.http_host}:{settings.http_port}/ "
             "(DICOMweb /dicomweb, search /api/search, docs /docs, health /healthz)"
@@ -51,6 +55,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         code = supervise(list(ALL_ROLES), settings)
         console.print("dicomflow stopped")
         return code
+
+
+def _dicom_access_is_valid(settings: Settings) -> bool:
+    """Check the AE allowlists and TLS files before any process starts (clear message)."""
+    from dicomflow.ingest.access import AccessPolicy
+    from dicomflow.ingest.exceptions import AccessConfigError
+    from dicomflow.ingest.scp import tls_context
+
+    try:
+        AccessPolicy.from_settings(settings)
+        tls_context(settings)
+    except AccessConfigError as exc:
+        console.print(f"[red]{exc}[/]")
+        return False
+    return True
 
 
 def cmd_processors(args: argparse.Namespace) -> int:

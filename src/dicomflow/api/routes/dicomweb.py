@@ -27,6 +27,7 @@ from dicomflow.api.deps import BlobsDep, IndexDep
 from dicomflow.api.exceptions import NotAcceptable, PixelDataError
 from dicomflow.api.rendering import OCTET_STREAM, FrameNotFound, RenderParameterError
 from dicomflow.indexer.base import InstanceRecord, Level, SearchRequest, StudyIndex
+from dicomflow.indexer.deadline import search_within
 from dicomflow.indexer.exceptions import InvalidQuery
 from dicomflow.indexer.query import qido_to_query
 from dicomflow.kernel.blobs.base import BlobStore
@@ -284,7 +285,7 @@ def qido_search(
         series_uid=series_uid,
         include_fields=_include_fields(request),
     )
-    result = index.search(search)
+    result = search_within(index, search, request.app.state.dicomflow.settings.query_timeout)
     headers = {"X-Total-Count": str(result.total)}
     if request.query_params.get("fuzzymatching", "").lower() == "true":
         headers["Warning"] = (
