@@ -23,6 +23,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import _PDU_TYPES
 from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA
 
+from dicomflow.ingest.access import AccessGuard
 from dicomflow.ingest.exceptions import InvalidObject
 from dicomflow.ingest.receiver import DurableReceiver, identity_of, identity_of_file_bytes
 from dicomflow.ingest.scp import (
@@ -86,7 +87,7 @@ def seeds_streams() -> Iterator[bytes]:
 def build_fastpath(workdir: Path) -> OneInput:
     """The hand-written acceptor serving a whole connection, store included (in memory)."""
     settings = _settings(workdir)
-    acceptor = make_fast_acceptor(build_ae(settings), _memory_receiver(), settings)
+    acceptor = make_fast_acceptor(build_ae(settings), _memory_receiver(), settings, AccessGuard())
     trap = ErrorLogTrap.install()
 
     def one(data: bytes) -> None:
@@ -112,7 +113,7 @@ def build_pynetdicom(workdir: Path) -> OneInput:
     in pynetdicom's own decoding is answered by pynetdicom with an A-ABORT (its DUL and
     state machine catch everything), so only the handler's result is checked here.
     """
-    handle_store = make_store_handler(_memory_receiver())
+    handle_store = make_store_handler(_memory_receiver(), AccessGuard())
     trap = ErrorLogTrap.install()
     assoc = SimpleNamespace(
         requestor=SimpleNamespace(ae_title="FUZZSCU", address="127.0.0.1", port=4242),
