@@ -5,6 +5,7 @@ a context the fast path does not take (here C-FIND, which this bare SCP does not
 to pynetdicom. Each refusal is a clear status and the server keeps serving.
 """
 
+import socket
 import time
 from collections.abc import Iterator
 
@@ -109,3 +110,20 @@ def test_associations_past_the_limit_are_rejected_and_the_others_served(
         again = associate(settings, PATHS[path])
     assert again.is_established
     again.release()
+
+
+def test_connections_without_a_request_hold_no_association(
+    limited: tuple[Settings, EventBus],
+) -> None:
+    settings, _ = limited
+    for _ in range(5):  # port probes, health checks: connect, close
+        with socket.create_connection(("127.0.0.1", settings.dicom_port)):
+            pass
+        time.sleep(0.05)
+    time.sleep(0.5)
+    held = [associate(settings, PATHS["fast-path"]), associate(settings, PATHS["pynetdicom"])]
+    try:
+        assert all(assoc.is_established for assoc in held)
+    finally:
+        for assoc in held:
+            assoc.release()

@@ -227,7 +227,14 @@ class GuardedACSE(ACSE):
         requestor = self.assoc.requestor
         calling = str(getattr(request, "calling_ae_title", "") or "").strip()
         contexts = getattr(request, "presentation_context_definition_list", None) or []
-        syntaxes = [str(context.abstract_syntax or "") for context in contexts]
+        # A context proposed for the requestor's SCP role only is one the C-GET sends back
+        # on, not a service asked of us (a C-STORE on it is still checked: 0x0124).
+        roles = {str(uid): item for uid, item in self.requestor.role_selection.items()}
+        syntaxes = [
+            str(context.abstract_syntax or "")
+            for context in contexts
+            if not _scp_role_only(roles.get(str(context.abstract_syntax or "")))
+        ]
         if not self.guard.admit(calling, requestor.address, requestor.port, syntaxes):
             self._reject(REJECT_NOT_RECOGNIZED)
             return
@@ -246,6 +253,10 @@ class GuardedACSE(ACSE):
         self.send_reject(*reason)
         evt.trigger(self.assoc, evt.EVT_REJECTED, {})
         self.assoc.kill()
+
+
+def _scp_role_only(item: Any) -> bool:
+    return item is not None and bool(item.scp_role) and not item.scu_role
 
 
 class GuardedRequestHandler(RequestHandler):
