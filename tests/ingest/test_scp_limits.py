@@ -8,6 +8,7 @@ to pynetdicom. Each refusal is a clear status and the server keeps serving.
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
@@ -64,9 +65,19 @@ def spooled(settings: Settings) -> list[str]:
 
 @pytest.mark.parametrize("path", PATHS)
 def test_an_object_over_the_limit_is_refused_and_nothing_is_written(
-    limited: tuple[Settings, EventBus], path: str
+    limited: tuple[Settings, EventBus], path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings, bus = limited
+    # Both acceptors drop the bytes past the limit while receiving: the over-size object
+    # never reaches the receiver whole (it would be held in memory first).
+    handed: list[int] = []
+    receive = DurableReceiver.receive
+
+    def spy(self: DurableReceiver, data: bytes, *args: Any) -> Any:
+        handed.append(len(data))
+        return receive(self, data, *args)
+
+    monkeypatch.setattr(DurableReceiver, "receive", spy)
     assoc = associate(settings, PATHS[path])
     assert assoc.is_established
     try:
@@ -80,6 +91,7 @@ def test_an_object_over_the_limit_is_refused_and_nothing_is_written(
     assert small.Status == 0x0000  # the same association goes on
     assert len(bus.read(bus.topic(Topic.RECEIVED))) == 1
     assert len(spooled(settings)) == 1  # only the small one: nothing half-written
+    assert len(handed) == 1 and handed[0] < settings.max_object_bytes
 
 
 @pytest.mark.parametrize("path", PATHS)
