@@ -310,7 +310,8 @@ def _scp_role_only(item: Any) -> bool:
 
 
 class GuardedRequestHandler(RequestHandler):
-    """Gives every association pynetdicom accepts the server's access guard."""
+    """Gives every association pynetdicom accepts the server's access guard, association
+    count and object size limit."""
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
