@@ -5,8 +5,10 @@ a context the fast path does not take (here C-FIND, which this bare SCP does not
 to pynetdicom. Each refusal is a clear status and the server keeps serving.
 """
 
+import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
@@ -63,9 +65,19 @@ def spooled(settings: Settings) -> list[str]:
 
 @pytest.mark.parametrize("path", PATHS)
 def test_an_object_over_the_limit_is_refused_and_nothing_is_written(
-    limited: tuple[Settings, EventBus], path: str
+    limited: tuple[Settings, EventBus], path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings, bus = limited
+    # Both acceptors drop the bytes past the limit while receiving: the over-size object
+    # never reaches the receiver whole (it would be held in memory first).
+    handed: list[int] = []
+    receive = DurableReceiver.receive
+
+    def spy(self: DurableReceiver, data: bytes, *args: Any) -> Any:
+        handed.append(len(data))
+        return receive(self, data, *args)
+
+    monkeypatch.setattr(DurableReceiver, "receive", spy)
     assoc = associate(settings, PATHS[path])
     assert assoc.is_established
     try:
@@ -79,6 +91,7 @@ def test_an_object_over_the_limit_is_refused_and_nothing_is_written(
     assert small.Status == 0x0000  # the same association goes on
     assert len(bus.read(bus.topic(Topic.RECEIVED))) == 1
     assert len(spooled(settings)) == 1  # only the small one: nothing half-written
+    assert len(handed) == 1 and handed[0] < settings.max_object_bytes
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -109,3 +122,20 @@ def test_associations_past_the_limit_are_rejected_and_the_others_served(
         again = associate(settings, PATHS[path])
     assert again.is_established
     again.release()
+
+
+def test_connections_without_a_request_hold_no_association(
+    limited: tuple[Settings, EventBus],
+) -> None:
+    settings, _ = limited
+    for _ in range(5):  # port probes, health checks: connect, close
+        with socket.create_connection(("127.0.0.1", settings.dicom_port)):
+            pass
+        time.sleep(0.05)
+    time.sleep(0.5)
+    held = [associate(settings, PATHS["fast-path"]), associate(settings, PATHS["pynetdicom"])]
+    try:
+        assert all(assoc.is_established for assoc in held)
+    finally:
+        for assoc in held:
+            assoc.release()

@@ -207,7 +207,8 @@ class AccessPolicy:
         """Why an association request must be rejected; None if it may be accepted.
 
         Rejected: an AE that may not associate, or one that proposes only services it may not
-        use (Verification alone is allowed to every AE that may associate).
+        use (Verification alone is allowed to every AE that may associate). The caller leaves
+        out the contexts proposed for the requestor's SCP role only (a C-GET's storage).
         """
         if not self.may_associate(calling_ae, host):
             return "not in DICOMFLOW_DICOM_ALLOWED_AES"

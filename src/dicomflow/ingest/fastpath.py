@@ -305,6 +305,8 @@ class FastAcceptor:
         """The A-ASSOCIATE-RQ waiting on `sock` if this acceptor serves it (nothing is read)."""
         sock.settimeout(self.acse_timeout)
         head = sock.recv(6, socket.MSG_PEEK | socket.MSG_WAITALL)
+        if not head:
+            raise ConnectionError("the peer closed the connection before any request")
         if len(head) < 6 or head[0] != _ASSOCIATE_RQ:
             return None
         length = _BE32.unpack_from(head, 2)[0]
@@ -321,7 +323,13 @@ class FastAcceptor:
 
     def serve(self, sock: socket.socket, address: tuple[str, int]) -> bool:
         """Serve the association on `sock`; False (nothing read) if pynetdicom should."""
-        request = self.peek_request(sock)
+        try:
+            request = self.peek_request(sock)
+        except (ConnectionError, TimeoutError) as exc:
+            # Closed or silent before any request (a port probe, a health check): nothing to
+            # serve, and no association slot to hold for pynetdicom's ACSE timeout.
+            log.debug("connection from %s without a request: %s", address, exc)
+            return True
         if request is None:
             return False
         _tune(sock)

@@ -28,7 +28,9 @@ from pynetdicom import (
 )
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dsutils import decode
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
@@ -56,6 +58,7 @@ log = logging.getLogger(__name__)
 
 STATUS_SUCCESS = 0x0000
 STATUS_PROCESSING_FAILURE = 0x0110
+STATUS_OUT_OF_RESOURCES = 0xA700
 
 # Every transfer syntax pydicom knows, the uncompressed ones first (preferred when a
 # requestor proposes several in one context).
@@ -140,6 +143,17 @@ def make_store_handler(
         if not guard.permits(DimseService.STORE, calling, requestor.address, requestor.port):
             return _status(NOT_AUTHORIZED, f"{calling} may not store here (not authorized)")
         request = event.request
+        dropped = getattr(event.assoc.dimse, "oversize", None)
+        size = dropped.pop(int(request.MessageID), None) if dropped else None
+        if size is not None:
+            log.warning(
+                "C-STORE refused from %s: object of %d bytes exceeds the limit", calling, size
+            )
+            limit = receiver.max_object_bytes
+            return _status(
+                STATUS_OUT_OF_RESOURCES,
+                f"object of {size} bytes exceeds the limit of {limit} bytes",
+            )
         return store_encoded(
             receiver,
             request.DataSet.getvalue(),
@@ -227,7 +241,14 @@ class GuardedACSE(ACSE):
         requestor = self.assoc.requestor
         calling = str(getattr(request, "calling_ae_title", "") or "").strip()
         contexts = getattr(request, "presentation_context_definition_list", None) or []
-        syntaxes = [str(context.abstract_syntax or "") for context in contexts]
+        # A context proposed for the requestor's SCP role only is one the C-GET sends back
+        # on, not a service asked of us (a C-STORE on it is still checked: 0x0124).
+        roles = {str(uid): item for uid, item in self.requestor.role_selection.items()}
+        syntaxes = [
+            str(context.abstract_syntax or "")
+            for context in contexts
+            if not _scp_role_only(roles.get(str(context.abstract_syntax or "")))
+        ]
         if not self.guard.admit(calling, requestor.address, requestor.port, syntaxes):
             self._reject(REJECT_NOT_RECOGNIZED)
             return
@@ -248,12 +269,56 @@ class GuardedACSE(ACSE):
         self.assoc.kill()
 
 
+class SizeLimitedDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider that keeps at most `limit` bytes of a message's dataset.
+
+    pynetdicom gathers a whole dataset in memory before the C-STORE handler runs: past the
+    limit the fragments are read and dropped here (only their control headers are kept, so
+    that the message still completes), and `oversize` records the Message ID and size for the
+    handler to answer 0xA700 without looking at the truncated dataset.
+    """
+
+    def __init__(self, assoc: Association, limit: int) -> None:
+        super().__init__(assoc)
+        self.limit = limit
+        self.received = 0
+        self.oversize: dict[int, int] = {}
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        if self.message is None:
+            self.received = 0  # a new message
+        pdvs = primitive.presentation_data_value_list
+        kept: list[Any] = []
+        dropped = False
+        for context_id, data in pdvs:
+            if data and not data[0] & 0x01:  # a dataset fragment
+                self.received += len(data) - 1
+                if self.received > self.limit:
+                    data, dropped = bytes(data[:1]), True
+            kept.append([context_id, bytes(data)])
+        if dropped:
+            command = getattr(self.message, "command_set", None)
+            message_id = getattr(command, "MessageID", None)
+            if message_id is not None:
+                self.oversize[int(message_id)] = self.received
+            primitive.presentation_data_value_list = kept
+        super().receive_primitive(primitive)
+
+
+def _scp_role_only(item: Any) -> bool:
+    return item is not None and bool(item.scp_role) and not item.scu_role
+
+
 class GuardedRequestHandler(RequestHandler):
-    """Gives every association pynetdicom accepts the server's access guard."""
+    """Gives every association pynetdicom accepts the server's access guard, association
+    count and object size limit."""
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         server = self.server
+        limit = getattr(server, "max_object_bytes", 0)
+        if limit:
+            assoc.dimse = SizeLimitedDIMSE(assoc, limit)
         guard = getattr(server, "guard", None)
         assoc.acse = GuardedACSE(
             assoc,
@@ -275,6 +340,7 @@ class StoreServer(ThreadedAssociationServer):
     fast: FastAcceptor | None = None
     guard: AccessGuard = AccessGuard()
     association_count: Callable[[], int] | None = None
+    max_object_bytes: int = 0  # datasets past it are dropped while received (0: no limit)
     handshake_timeout: float = 30.0
     companions: Sequence[ThreadedAssociationServer] = ()
 
@@ -438,6 +504,7 @@ def start_scp(
 
     fast.can_accept = lambda: count() < ae.maximum_associations
     server.guard, server.fast, server.association_count = guard, fast, count
+    server.max_object_bytes = settings.max_object_bytes
     if ssl_context is not None:
         secure = ae.make_server(
             (settings.dicom_host, settings.dicom_tls_port),
@@ -448,6 +515,7 @@ def start_scp(
         )
         assert isinstance(secure, StoreServer)
         secure.guard, secure.association_count = guard, count
+        secure.max_object_bytes = settings.max_object_bytes
         secure.handshake_timeout = float(ae.acse_timeout or 30)
         server.companions = [secure]
         _serve(secure, "dicom-scp-tls")
