@@ -44,7 +44,12 @@ def test_the_embedded_deployment_generates_its_deid_key(tmp_path: Path) -> None:
 
 
 def test_a_scale_out_deployment_must_be_given_its_keys(tmp_path: Path) -> None:
-    scale_out = Settings(data_dir=tmp_path, bus=BusBackend.KAFKA, s3_secret_key=SecretStr("s"))
+    scale_out = Settings(
+        data_dir=tmp_path,
+        bus=BusBackend.KAFKA,
+        deid_secret=SecretStr("change-me"),
+        s3_secret_key=SecretStr("s"),
+    )
     with pytest.raises(ValueError, match="DICOMFLOW_DEID_SECRET"):
         scale_out.check_secrets()
     Settings(data_dir=tmp_path, bus=BusBackend.KAFKA, dev_mode=True).check_secrets()
@@ -53,4 +58,6 @@ def test_a_scale_out_deployment_must_be_given_its_keys(tmp_path: Path) -> None:
     ).check_secrets()
     Settings(data_dir=tmp_path).check_secrets()  # embedded: the key is generated
     with pytest.raises(ValueError, match="DICOMFLOW_S3_SECRET_KEY"):
-        Settings(data_dir=tmp_path, blobs=BlobBackend.S3).check_secrets()
+        Settings(
+            data_dir=tmp_path, blobs=BlobBackend.S3, s3_secret_key=SecretStr("")
+        ).check_secrets()
