@@ -349,6 +349,21 @@ def test_unsupported_keys_are_flagged_not_fatal(
     assert statuses == [0xFF01, 0xFF01, 0xFF01, 0x0000]
 
 
+def test_a_repeating_group_return_key_is_answered_empty(
+    qr_scp: QueryRetrieveSCP, filled: list[Dataset]
+) -> None:
+    """Found by fuzzing: a return key of a repeating group (Overlay Rows, 6000,0010, whose
+    keyword names no single tag) made the C-FIND handler fail."""
+    query = identifier("STUDY", StudyInstanceUID="")
+    query.add_new(0x60000010, "US", None)
+    answers, final = find(qr_scp, query)
+    assert final.Status == 0x0000
+    assert len(answers) == 3
+    for answer in answers:
+        assert answer[0x60000010].VR == "US"
+        assert answer[0x60000010].value in (None, b"", [])
+
+
 def test_too_many_matches_answers_the_first_then_out_of_resources(
     archive: Archive, filled: list[Dataset]
 ) -> None:

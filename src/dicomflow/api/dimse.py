@@ -60,10 +60,11 @@ from dicomflow.api.destinations import DestinationRegistry
 from dicomflow.api.exceptions import IdentifierError, InvalidDestination
 from dicomflow.indexer import open_index
 from dicomflow.indexer.base import MAX_LIMIT, InstanceRecord, SearchRequest, StudyIndex
+from dicomflow.indexer.documents import empty_element
 from dicomflow.indexer.exceptions import InvalidQuery
 from dicomflow.indexer.levels import Level
 from dicomflow.indexer.query import Query, qido_to_query
-from dicomflow.indexer.values import keyword_of_tag, tag_hex, tag_of_keyword, vr_of_keyword
+from dicomflow.indexer.values import keyword_of_tag, tag_hex, tag_of_keyword
 from dicomflow.ingest.scp import ServiceExtension
 from dicomflow.kernel.backends import open_blob_store
 from dicomflow.kernel.blobs.base import BlobStore
@@ -353,17 +354,12 @@ def answer_charset(document: dict[str, Any], requested: list[str]) -> list[str]:
     return [UTF8]
 
 
-def _empty(tag: int) -> dict[str, Any]:
-    keyword = keyword_of_tag(tag)
-    return {"vr": vr_of_keyword(keyword) if keyword else "UN"}
-
-
 def answer_json(document: dict[str, Any], keys: FindKeys, ae_title: str) -> dict[str, Any]:
     """One C-FIND answer as DICOM JSON: the requested keys of an index document."""
     selected: dict[str, Any] = {}
     for tag in keys.return_tags:
         key = tag_hex(tag)
-        selected[key] = document.get(key) or _empty(tag)
+        selected[key] = document.get(key) or empty_element(tag)
     charset = answer_charset(selected, keys.charset)
     answer: dict[str, Any] = {}
     if charset:
