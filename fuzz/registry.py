@@ -186,6 +186,18 @@ TARGETS: dict[str, TargetSpec] = {
             _QUERY_TOKENS,
         ),
         TargetSpec(
+            "cfind",
+            _QUERY,
+            "cfind",
+            "cfind",
+            "C-FIND identifiers into the Query/Retrieve SCP's find handler (index and "
+            "answers included), and as C-MOVE / C-GET identifiers",
+            ("dicomflow.api.dimse", "dicomflow.indexer"),
+            4096,
+            1.0,
+            _DATASET_TOKENS,
+        ),
+        TargetSpec(
             "dicomweb",
             _QUERY,
             "dicomweb",
