@@ -187,6 +187,18 @@ def _value_text(value: object) -> str:
     return str(value)
 
 
+def _element(identifier: Dataset, tag: int) -> DataElement:
+    """``identifier[tag]``: pydicom converts a raw element on access, raising many types."""
+    try:
+        return identifier[tag]
+    except Exception as exc:
+        raise IdentifierError(
+            f"{keyword_of_tag(tag) or Tag(tag)}: unreadable element ({type(exc).__name__})",
+            UNABLE_TO_PROCESS,
+            (tag,),
+        ) from exc
+
+
 def _element_text(element: DataElement) -> str:
     """An element's value as the text that was sent (``\\`` between values)."""
     try:
@@ -200,7 +212,9 @@ def _element_text(element: DataElement) -> str:
 
 
 def _charset(identifier: Dataset) -> list[str]:
-    raw = identifier.get("SpecificCharacterSet")
+    if SPECIFIC_CHARACTER_SET not in identifier:
+        return []
+    raw = _element(identifier, SPECIFIC_CHARACTER_SET).value
     if raw is None:
         return []
     values = raw if isinstance(raw, list | MultiValue) else [raw]
@@ -224,7 +238,7 @@ def read_level(identifier: Dataset, model: InformationModel) -> Level:
         raise IdentifierError(
             "the identifier has no QueryRetrieveLevel", offending=(QUERY_RETRIEVE_LEVEL,)
         )
-    name = _element_text(identifier[QUERY_RETRIEVE_LEVEL]).upper()
+    name = _element_text(_element(identifier, QUERY_RETRIEVE_LEVEL)).upper()
     level = LEVELS.get(name)
     if level is None:
         raise IdentifierError(
@@ -262,7 +276,7 @@ def read_find_identifier(identifier: Dataset, model: InformationModel) -> FindKe
         if group % 2 == 1 or not keyword or tag & 0xFFFF == 0:
             unsupported = True
             continue
-        element = identifier[tag]
+        element = _element(identifier, tag)
         return_tags.append(tag)
         vr = str(element.VR)
         if vr in _NOT_MATCHED_VRS:
@@ -300,7 +314,7 @@ def read_retrieve_identifier(identifier: Dataset, model: InformationModel) -> tu
         keyword = UNIQUE_KEYS[above]
         tag = tag_of_keyword(keyword)
         assert tag is not None
-        text = _element_text(identifier[tag]) if tag in identifier else ""
+        text = _element_text(_element(identifier, tag)) if tag in identifier else ""
         if any(char in text for char in "*?"):
             raise IdentifierError(f"{keyword}: no wildcards in a retrieve", offending=(tag,))
         if text:
