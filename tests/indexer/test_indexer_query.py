@@ -93,6 +93,10 @@ def test_lucene_parses_to_the_ast(text: str, expected: object) -> None:
         ("StudyInstanceUID:abc", "is not a valid UID"),
         ("PatientName:DOE~2", "fuzzy queries"),
         ("PatientName:/DO./", "regex queries"),
+        # Found by fuzzing: luqum raised decimal.InvalidOperation or ValueError (a 500).
+        ("PatientName:DOE~.", "the degree after a ~ is not a number"),
+        ("DOE~1.2.3", "the degree after a ~ is not a number"),
+        ('"a b"~1.5', "the degree after a ~ is not a number"),
         ("Modality:(CT OR PatientID:1)", "inside the field group"),
         ("[1 TO 2]", "needs a field"),
         ("do?e", "only a trailing *"),

@@ -435,6 +435,8 @@ def parse_lucene(text: str) -> Query:
             node = _luqum_parser.parse(_escape_carets(text))
     except ParseError as exc:
         raise InvalidQuery(f"query syntax error: {exc}") from None
+    except (ArithmeticError, ValueError):  # luqum converts the degree of a ~ as it parses
+        raise InvalidQuery("query syntax error: the degree after a ~ is not a number") from None
     except RecursionError:
         raise InvalidQuery("query is too complex") from None
     return _LuceneConverter().convert(node, None, 0)
