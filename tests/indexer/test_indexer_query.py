@@ -203,6 +203,8 @@ def test_qido_universal_value_wins_over_values_of_the_same_key() -> None:
         # Found by fuzzing: a repeating group's tag (Number Of Points, 50xx0010) was a 500.
         ({"50100010": ["doe^jot=*"]}, "unknown attribute '50100010'"),
         ({"60000010": ["1"]}, "unknown attribute '60000010'"),
+        # Found by fuzzing (a C-FIND identifier): SQLite cannot bind it, the index failed.
+        ({"InstanceNumber": ["2" * 40]}, "an integer of at most 64 bits"),
         ({"RequestAttributesSequence.AccessionNumber": ["A1"]}, "inside sequences"),
         ({"NumberOfSeriesRelatedInstances": ["3"]}, "attribute of the series level"),
         ({"StudyInstanceUID": [",".join(["1.2"] * 1001)]}, "at most 1000 values"),

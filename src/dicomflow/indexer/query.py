@@ -202,6 +202,8 @@ def scalar_value(keyword: str, raw: str) -> Scalar:
         number = parse_int(raw)
         if number is None:
             raise _bad_value(keyword, raw, "an integer")
+        if not -(1 << 63) <= number < 1 << 63:  # what the index back ends hold (64 bits)
+            raise _bad_value(keyword, raw, "an integer of at most 64 bits")
         return number
     if kind is ValueKind.FLOAT:
         real = parse_float(raw)
