@@ -20,6 +20,7 @@ from pathlib import Path
 
 from fuzz.registry import TARGETS, split_budget
 
+ROOT = Path(__file__).resolve().parent.parent  # the workers import fuzz and tests from here
 MEMORY_LIMIT_BYTES = 6 << 30  # a runaway allocation is a crash here, not the machine's problem
 _STAT = re.compile(r"^stat::(\w+):\s+(\d+)", re.MULTILINE)
 _ARTIFACT = re.compile(r"Test unit written to (\S+)")
@@ -88,6 +89,7 @@ def run_target(
         text=True,
         errors="replace",
         env=env,
+        cwd=ROOT,
         preexec_fn=_limit_memory,  # the runner has no threads
     )
     seconds = time.monotonic() - started

@@ -16,7 +16,7 @@ class TargetSpec:
     about: str
     instrument: tuple[str, ...]  # packages whose coverage guides the fuzzer
     max_len: int  # largest input libFuzzer makes
-    weight: float  # share of the execution budget (relative)
+    weight: float  # share of the budget: about equal time for each target on this machine
     tokens: tuple[bytes, ...] = ()  # a libFuzzer dictionary
 
 
@@ -102,7 +102,7 @@ TARGETS: dict[str, TargetSpec] = {
             "associations, store included",
             (*_RECEIVE,),
             16384,
-            2.0,
+            22.0,
             _PDU_TOKENS,
         ),
         TargetSpec(
@@ -113,7 +113,7 @@ TARGETS: dict[str, TargetSpec] = {
             "raw PDUs through pynetdicom's PDU and DIMSE decoding into scp.py's C-STORE handler",
             (*_RECEIVE, "pynetdicom"),
             16384,
-            1.0,
+            13.0,
             _PDU_TOKENS,
         ),
         TargetSpec(
@@ -125,7 +125,7 @@ TARGETS: dict[str, TargetSpec] = {
             "DurableReceiver.receive (in-memory spool and bus)",
             (*_RECEIVE, "pydicom"),
             16384,
-            2.0,
+            9.0,
             _DATASET_TOKENS,
         ),
         TargetSpec(
@@ -136,7 +136,7 @@ TARGETS: dict[str, TargetSpec] = {
             "the same with the real spool (fsync'd files) and embedded bus (SQLite)",
             (*_RECEIVE,),
             16384,
-            0.05,
+            3.0,
             _DATASET_TOKENS,
         ),
         TargetSpec(
@@ -148,7 +148,7 @@ TARGETS: dict[str, TargetSpec] = {
             "pydicom",
             (*_RECEIVE, "pydicom"),
             16384,
-            1.0,
+            5.0,
             _DATASET_TOKENS,
         ),
         TargetSpec(
@@ -159,7 +159,7 @@ TARGETS: dict[str, TargetSpec] = {
             "stored objects into the metadata processor (DICOM JSON, search fields, event)",
             ("dicomflow.processors", "dicomflow.indexer.values", "pydicom"),
             16384,
-            1.0,
+            3.0,
             _DATASET_TOKENS,
         ),
         TargetSpec(
@@ -170,7 +170,7 @@ TARGETS: dict[str, TargetSpec] = {
             "parse_lucene, then the query run on an embedded index",
             ("dicomflow.indexer", "luqum"),
             8192,
-            1.5,
+            7.0,
             _QUERY_TOKENS,
         ),
         TargetSpec(
@@ -182,8 +182,20 @@ TARGETS: dict[str, TargetSpec] = {
             "(qido_to_query, limit/offset/includefield/fuzzymatching, the embedded index)",
             ("dicomflow.indexer", "dicomflow.api.routes.dicomweb"),
             4096,
-            1.5,
+            22.0,
             _QUERY_TOKENS,
+        ),
+        TargetSpec(
+            "cfind",
+            _QUERY,
+            "cfind",
+            "cfind",
+            "C-FIND identifiers into the Query/Retrieve SCP's find handler (index and "
+            "answers included), and as C-MOVE / C-GET identifiers",
+            ("dicomflow.api.dimse", "dicomflow.indexer"),
+            4096,
+            10.0,
+            _DATASET_TOKENS,
         ),
         TargetSpec(
             "dicomweb",
@@ -193,7 +205,7 @@ TARGETS: dict[str, TargetSpec] = {
             "WADO-RS parameters: Accept negotiation, frame lists, window, viewport, quality",
             ("dicomflow.api.routes.dicomweb", "dicomflow.api.rendering"),
             2048,
-            1.0,
+            6.0,
             (b"multipart/related", b"type=", b"transfer-syntax=", b";q=", b"*/*", b'"'),
         ),
     )

@@ -6,19 +6,38 @@ Input layouts:
   HTTP hands it over: undecodable bytes replaced).
 - ``qido``: one byte choosing the level and the study/series scope of the route, then
   ``query string \\n Accept header \\n study UID \\n series UID`` (the last three optional).
+- ``cfind``: one byte choosing the information model (bit 0) and the transfer syntax the
+  identifier is encoded in (bits 1-2), then the identifier as a C-FIND-RQ carries it.
 - ``dicomweb``: one byte choosing the stored transfer syntax, then ``Accept \\n frame list
   \\n window \\n viewport \\n quality \\n accept parameter``: every parameter of the WADO-RS
   routes that is parsed before anything is read.
 """
 
 from collections.abc import Callable, Iterator
+from io import BytesIO
 from pathlib import Path
+from types import SimpleNamespace
 
 from fastapi import HTTPException
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom.dsutils import decode, encode
 from starlette.requests import Request
 
 from dicomflow.api import rendering
-from dicomflow.api.exceptions import NotAcceptable
+from dicomflow.api.dimse import (
+    FIND_MODELS,
+    MOVE_MODELS,
+    QueryRetrieveService,
+    read_retrieve_identifier,
+)
+from dicomflow.api.exceptions import IdentifierError, NotAcceptable
 from dicomflow.api.rendering import RenderParameterError
 from dicomflow.api.routes.dicomweb import (
     check_json_accepted,
@@ -36,8 +55,9 @@ from dicomflow.indexer.query import parse_lucene
 from dicomflow.ingest.scp import TRANSFER_SYNTAXES
 from dicomflow.kernel.events import Namespace
 from dicomflow.kernel.exceptions import InvalidUID
+from dicomflow.kernel.settings import Settings
 from dicomflow.synthetic import iter_study_tree
-from fuzz.harness import ErrorLogTrap
+from fuzz.harness import ErrorLogTrap, MemoryBlobStore
 
 OneInput = Callable[[bytes], None]
 LEVELS = list(Level)
@@ -156,6 +176,99 @@ def build_qido(workdir: Path) -> OneInput:
                 )
             except (InvalidQuery, InvalidUID, HTTPException):  # 400, 400, 406
                 return
+
+    return one
+
+
+IDENTIFIER_SYNTAXES = [
+    ImplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    DeflatedExplicitVRLittleEndian,
+]
+
+
+def _identifiers() -> Iterator[Dataset]:
+    for level, keys in [
+        ("STUDY", {"PatientName": "DOE*", "StudyDate": "20200101-", "StudyInstanceUID": ""}),
+        (
+            "PATIENT",
+            {"PatientID": "PID0001", "PatientBirthDate": "", "NumberOfPatientRelatedStudies": ""},
+        ),
+        ("SERIES", {"StudyInstanceUID": "2.25.1", "Modality": "CT\\MR", "SeriesNumber": "1"}),
+        ("IMAGE", {"SOPInstanceUID": "2.25.1\\2.25.2", "InstanceNumber": ""}),
+    ]:
+        query = Dataset()
+        query.QueryRetrieveLevel = level
+        query.SpecificCharacterSet = "ISO_IR 192"
+        for keyword, value in keys.items():
+            setattr(query, keyword, value)
+        yield query
+    coded = Dataset()
+    coded.QueryRetrieveLevel = "STUDY"
+    coded.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    coded.PatientName = "Yamada^Tarou=山田^太郎"
+    coded.ProcedureCodeSequence = [Dataset()]
+    coded.ProcedureCodeSequence[0].CodeValue = "X"
+    coded.add_new(0x00091010, "LO", "private")
+    coded.RetrieveAETitle = ""
+    yield coded
+
+
+def seeds_cfind() -> Iterator[bytes]:
+    for n, query in enumerate(_identifiers()):
+        syntax = IDENTIFIER_SYNTAXES[n % 3]
+        encoded = encode(query, syntax.is_implicit_VR, syntax.is_little_endian)
+        if encoded is not None:
+            yield bytes((n % 2 | IDENTIFIER_SYNTAXES.index(syntax) << 1,)) + encoded
+
+
+class _FindEvent:
+    """What the C-FIND handler reads of pynetdicom's event; the identifier decoded lazily,
+    as pynetdicom does (raising if it cannot be decoded)."""
+
+    def __init__(self, model: str, encoded: bytes, syntax: UID) -> None:
+        self.request = SimpleNamespace(AffectedSOPClassUID=model)
+        self.context = SimpleNamespace(transfer_syntax=syntax)
+        self.is_cancelled = False
+        self._encoded = encoded
+
+    @property
+    def identifier(self) -> Dataset:
+        syntax = self.context.transfer_syntax
+        return decode(
+            BytesIO(self._encoded),
+            syntax.is_implicit_VR,
+            syntax.is_little_endian,
+            syntax.is_deflated,
+        )
+
+
+def build_cfind(workdir: Path) -> OneInput:
+    """C-FIND identifiers into the Query/Retrieve SCP's find handler (index included), and
+    the same identifier as a C-MOVE / C-GET one."""
+    settings = Settings(data_dir=workdir / "data", dev_mode=True)
+    service = QueryRetrieveService(settings, index=_index(workdir), blobs=MemoryBlobStore())
+    find_models, move_models = list(FIND_MODELS), list(MOVE_MODELS.values())
+    trap = ErrorLogTrap.install()
+
+    def one(data: bytes) -> None:
+        if not data:
+            return
+        syntax = IDENTIFIER_SYNTAXES[data[0] >> 1 & 3]
+        event = _FindEvent(find_models[data[0] & 1], data[1:], syntax)
+        with trap:
+            for _, answer in service.find(event):
+                if answer is not None:
+                    encode(answer, syntax.is_implicit_VR, syntax.is_little_endian)
+        try:
+            identifier = event.identifier
+        except Exception:  # the retrieve handlers refuse it as the find handler does
+            return
+        try:
+            read_retrieve_identifier(identifier, move_models[data[0] & 1])
+        except (IdentifierError, InvalidQuery):
+            return
 
     return one
 

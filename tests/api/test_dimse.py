@@ -11,7 +11,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 from pynetdicom import AE, build_role, evt
-from pynetdicom.dsutils import encode
+from pynetdicom.dsutils import decode, encode
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     MRImageStorage,
@@ -31,7 +31,9 @@ from dicomflow.api.dimse import (
     answer_json,
     encode_answer,
     read_find_identifier,
+    read_retrieve_identifier,
 )
+from dicomflow.api.exceptions import IdentifierError
 from dicomflow.indexer.base import SearchRequest
 from dicomflow.indexer.levels import Level
 from dicomflow.kernel.events import Namespace
@@ -347,6 +349,50 @@ def test_unsupported_keys_are_flagged_not_fatal(
     statuses = [status.Status for status, _ in assoc.send_c_find(query, STUDY_FIND)]
     assoc.release()
     assert statuses == [0xFF01, 0xFF01, 0xFF01, 0x0000]
+
+
+def test_a_repeating_group_return_key_is_answered_empty(
+    qr_scp: QueryRetrieveSCP, filled: list[Dataset]
+) -> None:
+    """Found by fuzzing: a return key of a repeating group (Overlay Rows, 6000,0010, whose
+    keyword names no single tag) made the C-FIND handler fail."""
+    query = identifier("STUDY", StudyInstanceUID="")
+    query.add_new(0x60000010, "US", None)
+    answers, final = find(qr_scp, query)
+    assert final.Status == 0x0000
+    assert len(answers) == 3
+    for answer in answers:
+        assert answer[0x60000010].VR == "US"
+        assert answer[0x60000010].value in (None, b"", [])
+
+
+# Found by fuzzing: an identifier (explicit VR little endian) whose QueryRetrieveLevel has a
+# VR that is no VR ('C\xad'): the lazy decode passed, reading the element raised.
+UNREADABLE_LEVEL_IDENTIFIER = bytes.fromhex(
+    "08000500435310005c49534f2032303232204952203837200800520043adf500"
+    "5354554459200800540041450000080032105351000012000000feff00e00a00"
+    "000008000001534802005820090010104c4f0800707269766174652010001000"
+    "504e220059616d6164615e5461726f753d1b24423b3345441b28425e1b244242"
+    "404f3a1b2842"
+)
+
+
+def test_an_unreadable_identifier_element_is_a_failure_status(
+    archive: Archive, filled: list[Dataset]
+) -> None:
+    """The C-FIND handler failed on it instead of answering a failure status."""
+    broken = decode(BytesIO(UNREADABLE_LEVEL_IDENTIFIER), False, True)
+    service = QueryRetrieveService(archive.settings, index=archive.index, blobs=archive.blobs)
+    try:
+        [(final, answer)] = list(service.find(fake_event(broken, PATIENT_FIND)))
+    finally:
+        service.close()
+    assert answer is None
+    assert isinstance(final, Dataset)
+    assert final.Status == 0xC000
+    assert "QueryRetrieveLevel: unreadable element" in final.ErrorComment
+    with pytest.raises(IdentifierError, match="QueryRetrieveLevel: unreadable element"):
+        read_retrieve_identifier(broken, InformationModel.PATIENT_ROOT)
 
 
 def test_too_many_matches_answers_the_first_then_out_of_resources(

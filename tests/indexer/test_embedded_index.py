@@ -9,7 +9,7 @@ from index_archive import event_of
 from dicomflow.indexer import open_index
 from dicomflow.indexer.base import SearchRequest
 from dicomflow.indexer.embedded import INDEX_FILE, EmbeddedStudyIndex, _BatchWriter
-from dicomflow.indexer.exceptions import IndexerError
+from dicomflow.indexer.exceptions import IndexerError, InvalidQuery
 from dicomflow.indexer.levels import Level
 from dicomflow.indexer.query import parse_lucene
 from dicomflow.kernel.events import MetadataExtracted, Namespace
@@ -87,3 +87,22 @@ def test_a_reader_sees_the_last_committed_batch_while_one_is_written(tmp_path: P
     assert study["00201208"]["Value"] == [50]
     writer.close()
     reader.close()
+
+
+def test_numbers_beyond_64_bits_are_indexed_not_fatal(tmp_path: Path) -> None:
+    """Found by fuzzing: an integer value SQLite cannot hold (an IS of 20 digits) made the
+    batch fail to insert, and the same in a query was a 500."""
+    ds = make_instance(PatientSpec(name="BIG^NUMBERS", patient_id="BIG"), 0, 0, 0, rows=4)
+    ds.SeriesNumber = "99999999999999999999"
+    ds.InstanceNumber = "1e30"
+    ds.add_new(0x00181002, "US", 7)  # an ordinary number beside them
+    index = EmbeddedStudyIndex(tmp_path)
+    index.upsert([event_of(ds)])
+    for level in (Level.SERIES, Level.INSTANCE):
+        request = SearchRequest(
+            namespace=Namespace.ORIGINAL, level=level, query=parse_lucene("PatientID:BIG")
+        )
+        assert index.search(request).total == 1
+    with pytest.raises(InvalidQuery, match="at most 64 bits"):
+        parse_lucene("SeriesNumber:99999999999999999999")
+    index.close()

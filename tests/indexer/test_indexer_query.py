@@ -93,6 +93,10 @@ def test_lucene_parses_to_the_ast(text: str, expected: object) -> None:
         ("StudyInstanceUID:abc", "is not a valid UID"),
         ("PatientName:DOE~2", "fuzzy queries"),
         ("PatientName:/DO./", "regex queries"),
+        # Found by fuzzing: luqum raised decimal.InvalidOperation or ValueError (a 500).
+        ("PatientName:DOE~.", "the degree after a ~ is not a number"),
+        ("DOE~1.2.3", "the degree after a ~ is not a number"),
+        ('"a b"~1.5', "the degree after a ~ is not a number"),
         ("Modality:(CT OR PatientID:1)", "inside the field group"),
         ("[1 TO 2]", "needs a field"),
         ("do?e", "only a trailing *"),
@@ -196,6 +200,11 @@ def test_qido_universal_value_wins_over_values_of_the_same_key() -> None:
         ({"StudyInstanceUID": ["1.2.*"]}, "wildcards"),
         ({"PatientNme": ["DOE"]}, "unknown attribute 'PatientNme'"),
         ({"99991234": ["x"]}, "unknown attribute '99991234'"),
+        # Found by fuzzing: a repeating group's tag (Number Of Points, 50xx0010) was a 500.
+        ({"50100010": ["doe^jot=*"]}, "unknown attribute '50100010'"),
+        ({"60000010": ["1"]}, "unknown attribute '60000010'"),
+        # Found by fuzzing (a C-FIND identifier): SQLite cannot bind it, the index failed.
+        ({"InstanceNumber": ["2" * 40]}, "an integer of at most 64 bits"),
         ({"RequestAttributesSequence.AccessionNumber": ["A1"]}, "inside sequences"),
         ({"NumberOfSeriesRelatedInstances": ["3"]}, "attribute of the series level"),
         ({"StudyInstanceUID": [",".join(["1.2"] * 1001)]}, "at most 1000 values"),

@@ -115,3 +115,22 @@ def test_an_unreadable_uid_element_is_refused_not_a_processing_failure(  # type:
     with pytest.raises(InvalidObject, match="SeriesInstanceUID cannot be read"):
         identity_of_file_bytes(meta + broken)
     assert bus.read(bus.topic(Topic.RECEIVED)) == []
+
+
+def test_the_file_meta_takes_the_dataset_uids_not_the_command_ones(  # type: ignore[no-untyped-def]
+    scp, ct_instance: Dataset
+) -> None:
+    """Found by fuzzing: a non-ASCII Affected SOP Class UID in the C-STORE command (pynetdicom
+    decodes it as given) went into the file meta: a processing failure (0x0110)."""
+    _, bus, receiver = scp
+    encoded = encode(ct_instance, False, True)
+    assert encoded is not None
+    source = Source(kind=SourceKind.DIMSE)
+    command_class = "1.2.840.10008.5.1.4.1.1.2\u00e4"
+    status = store_encoded(receiver, encoded, "1.2.840.10008.1.2.1", command_class, "", source)
+    assert status == 0x0000
+    [record] = bus.read(bus.topic(Topic.RECEIVED))
+    event = decode_event(record.value, ObjectReceived)
+    stored = pydicom.dcmread(BytesIO(receiver.spool.get_verified(event.blob)))
+    assert stored.file_meta.MediaStorageSOPClassUID == ct_instance.SOPClassUID
+    assert stored.file_meta.MediaStorageSOPInstanceUID == ct_instance.SOPInstanceUID

@@ -61,10 +61,11 @@ from dicomflow.api.exceptions import IdentifierError, InvalidDestination
 from dicomflow.indexer import open_index
 from dicomflow.indexer.base import MAX_LIMIT, InstanceRecord, SearchRequest, StudyIndex
 from dicomflow.indexer.deadline import Deadline, call_before
+from dicomflow.indexer.documents import empty_element
 from dicomflow.indexer.exceptions import InvalidQuery, SearchTimeout
 from dicomflow.indexer.levels import Level
 from dicomflow.indexer.query import Query, qido_to_query
-from dicomflow.indexer.values import keyword_of_tag, tag_hex, tag_of_keyword, vr_of_keyword
+from dicomflow.indexer.values import keyword_of_tag, tag_hex, tag_of_keyword
 from dicomflow.ingest.access import NOT_AUTHORIZED, AccessGuard, AccessPolicy, DimseService
 from dicomflow.ingest.audit import DimseAudit
 from dicomflow.ingest.scp import ServiceExtension
@@ -191,6 +192,18 @@ def _value_text(value: object) -> str:
     return str(value)
 
 
+def _element(identifier: Dataset, tag: int) -> DataElement:
+    """``identifier[tag]``: pydicom converts a raw element on access, raising many types."""
+    try:
+        return identifier[tag]
+    except Exception as exc:
+        raise IdentifierError(
+            f"{keyword_of_tag(tag) or Tag(tag)}: unreadable element ({type(exc).__name__})",
+            UNABLE_TO_PROCESS,
+            (tag,),
+        ) from exc
+
+
 def _element_text(element: DataElement) -> str:
     """An element's value as the text that was sent (``\\`` between values)."""
     try:
@@ -204,7 +217,9 @@ def _element_text(element: DataElement) -> str:
 
 
 def _charset(identifier: Dataset) -> list[str]:
-    raw = identifier.get("SpecificCharacterSet")
+    if SPECIFIC_CHARACTER_SET not in identifier:
+        return []
+    raw = _element(identifier, SPECIFIC_CHARACTER_SET).value
     if raw is None:
         return []
     values = raw if isinstance(raw, list | MultiValue) else [raw]
@@ -228,7 +243,7 @@ def read_level(identifier: Dataset, model: InformationModel) -> Level:
         raise IdentifierError(
             "the identifier has no QueryRetrieveLevel", offending=(QUERY_RETRIEVE_LEVEL,)
         )
-    name = _element_text(identifier[QUERY_RETRIEVE_LEVEL]).upper()
+    name = _element_text(_element(identifier, QUERY_RETRIEVE_LEVEL)).upper()
     level = LEVELS.get(name)
     if level is None:
         raise IdentifierError(
@@ -266,7 +281,7 @@ def read_find_identifier(identifier: Dataset, model: InformationModel) -> FindKe
         if group % 2 == 1 or not keyword or tag & 0xFFFF == 0:
             unsupported = True
             continue
-        element = identifier[tag]
+        element = _element(identifier, tag)
         return_tags.append(tag)
         vr = str(element.VR)
         if vr in _NOT_MATCHED_VRS:
@@ -304,7 +319,7 @@ def read_retrieve_identifier(identifier: Dataset, model: InformationModel) -> tu
         keyword = UNIQUE_KEYS[above]
         tag = tag_of_keyword(keyword)
         assert tag is not None
-        text = _element_text(identifier[tag]) if tag in identifier else ""
+        text = _element_text(_element(identifier, tag)) if tag in identifier else ""
         if any(char in text for char in "*?"):
             raise IdentifierError(f"{keyword}: no wildcards in a retrieve", offending=(tag,))
         if text:
@@ -358,17 +373,12 @@ def answer_charset(document: dict[str, Any], requested: list[str]) -> list[str]:
     return [UTF8]
 
 
-def _empty(tag: int) -> dict[str, Any]:
-    keyword = keyword_of_tag(tag)
-    return {"vr": vr_of_keyword(keyword) if keyword else "UN"}
-
-
 def answer_json(document: dict[str, Any], keys: FindKeys, ae_title: str) -> dict[str, Any]:
     """One C-FIND answer as DICOM JSON: the requested keys of an index document."""
     selected: dict[str, Any] = {}
     for tag in keys.return_tags:
         key = tag_hex(tag)
-        selected[key] = document.get(key) or _empty(tag)
+        selected[key] = document.get(key) or empty_element(tag)
     charset = answer_charset(selected, keys.charset)
     answer: dict[str, Any] = {}
     if charset:

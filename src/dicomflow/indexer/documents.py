@@ -31,7 +31,7 @@ from dicomflow.indexer.values import (
     keyword_hex,
     keyword_of_tag,
     normalise_fields,
-    vr_of_keyword,
+    vr_of_tag,
 )
 from dicomflow.kernel.events import MetadataExtracted
 
@@ -149,8 +149,8 @@ def series_tags(wanted: tuple[frozenset[str], frozenset[str]]) -> set[str]:
     }
 
 
-def empty_element(keyword: str) -> dict[str, Any]:
-    return {"vr": vr_of_keyword(keyword)}
+def empty_element(tag: int) -> dict[str, Any]:
+    return {"vr": vr_of_tag(tag)}
 
 
 def number_element(value: int) -> dict[str, Any]:
@@ -174,6 +174,6 @@ def select(doc: dict[str, Any], wanted: Wanted) -> dict[str, Any]:
     for tag in sorted(required | optional):
         if tag in doc:
             selected[tag] = doc[tag]
-        elif tag in required and (keyword := keyword_of_tag(int(tag, 16))):
-            selected[tag] = empty_element(keyword)
+        elif tag in required and keyword_of_tag(int(tag, 16)):
+            selected[tag] = empty_element(int(tag, 16))
     return selected

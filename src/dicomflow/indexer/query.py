@@ -202,6 +202,8 @@ def scalar_value(keyword: str, raw: str) -> Scalar:
         number = parse_int(raw)
         if number is None:
             raise _bad_value(keyword, raw, "an integer")
+        if not -(1 << 63) <= number < 1 << 63:  # what the index back ends hold (64 bits)
+            raise _bad_value(keyword, raw, "an integer of at most 64 bits")
         return number
     if kind is ValueKind.FLOAT:
         real = parse_float(raw)
@@ -435,6 +437,8 @@ def parse_lucene(text: str) -> Query:
             node = _luqum_parser.parse(_escape_carets(text))
     except ParseError as exc:
         raise InvalidQuery(f"query syntax error: {exc}") from None
+    except (ArithmeticError, ValueError):  # luqum converts the degree of a ~ as it parses
+        raise InvalidQuery("query syntax error: the degree after a ~ is not a number") from None
     except RecursionError:
         raise InvalidQuery("query is too complex") from None
     return _LuceneConverter().convert(node, None, 0)

@@ -97,6 +97,19 @@ def vr_of_keyword(keyword: str) -> str:
     return datadict.dictionary_VR(keyword).split(" ")[0]
 
 
+@lru_cache(maxsize=8192)
+def vr_of_tag(tag: int) -> str:
+    """The dictionary VR of a tag (first alternative when ambiguous), ``UN`` if unknown.
+
+    By tag, repeating groups included: their keywords name no single tag (OverlayRows is
+    60xx0010), so `vr_of_keyword` does not know them.
+    """
+    try:
+        return datadict.dictionary_VR(tag).split(" ")[0]
+    except KeyError:
+        return "UN"
+
+
 def kind_of_keyword(keyword: str) -> ValueKind:
     return kind_of_vr(vr_of_keyword(keyword))
 
@@ -109,12 +122,15 @@ def _keywords_by_folded_name() -> dict[str, str]:
 def resolve_keyword(key: str) -> str | None:
     """The public keyword named by `key`: a keyword (any case) or an 8-hex-digit tag.
 
-    Returns None when `key` names no public attribute (unknown keyword, private tag).
+    Returns None when `key` names no public attribute (unknown keyword, private tag) or an
+    attribute of a repeating group, whose keyword names no single tag (OverlayRows is
+    60xx0010).
     """
     key = key.strip()
     if _HEX_TAG.match(key):
-        keyword = keyword_of_tag(int(key, 16))
-        return keyword or None
+        tag = int(key, 16)
+        keyword = keyword_of_tag(tag)
+        return keyword if keyword and tag_of_keyword(keyword) == tag else None
     if tag_of_keyword(key) is not None:
         return key
     return _keywords_by_folded_name().get(key.casefold())

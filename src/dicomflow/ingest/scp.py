@@ -105,7 +105,12 @@ def store_encoded(
     sop_instance_uid: str,
     source: Source,
 ) -> int | Dataset:
-    """Make one received dataset durable; the status of the C-STORE response."""
+    """Make one received dataset durable; the status of the C-STORE response.
+
+    The command's Affected SOP Instance UID, when given, must be the dataset's; the file
+    meta is written from the dataset's validated UIDs (`sop_class_uid`, the command's, is
+    not used for it).
+    """
     try:
         # The UIDs from a scan of the element headers; pydicom decodes only what the
         # scanner leaves to it (big endian, deflate, unusual structures).
@@ -122,8 +127,12 @@ def store_encoded(
         requested = sop_instance_uid.strip()
         if requested and requested != identity.sop_instance_uid:
             raise InvalidObject("AffectedSOPInstanceUID differs from the dataset's")
-        # The bytes as received behind the file meta pynetdicom would write.
-        meta = file_meta_bytes(sop_class_uid, sop_instance_uid, syntax)
+        # The bytes as received behind the file meta pynetdicom would write, from the
+        # validated UIDs: the command's SOP Class UID is not checked (a non-ASCII one was
+        # a processing failure, found by fuzzing).
+        meta = file_meta_bytes(
+            identity.sop_class_uid, identity.sop_instance_uid, identity.transfer_syntax_uid
+        )
         receiver.receive(meta + encoded, identity, source)
     except IngestError as exc:
         log.warning("C-STORE refused: %s", exc)
