@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from dicomflow import __version__
+from dicomflow.api.authn import Authenticator, check_auth_settings
 from dicomflow.api.deps import AppState
 from dicomflow.api.problems import install_problem_handlers
 from dicomflow.api.routes import (
@@ -17,6 +18,7 @@ from dicomflow.api.routes import (
     search,
     status,
     stow,
+    tokens,
     ui,
 )
 from dicomflow.indexer import open_index
@@ -27,6 +29,7 @@ from dicomflow.kernel.settings import Settings
 
 
 def create_app(settings: Settings) -> FastAPI:
+    check_auth_settings(settings)
     bus = open_bus(settings)
     state = AppState(
         settings=settings,
@@ -51,12 +54,14 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.dicomflow = state
-    install_problem_handlers(app)
+    app.state.dicomflow_auth = Authenticator(settings, state.blobs)
+    install_problem_handlers(app, ui.auth_error_page)
     app.include_router(status.router)
     app.include_router(search.router)
     app.include_router(stow.router)
     app.include_router(admin.router)
     app.include_router(audit.router)
+    app.include_router(tokens.router)
     app.include_router(operations.router)
     app.include_router(downloads.router)
     app.include_router(ui.router)

@@ -5,12 +5,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from dicomflow.api.auth import ViewNamespace, reader
 from dicomflow.api.deps import IndexDep
 from dicomflow.indexer.base import Level, SearchRequest, flatten
 from dicomflow.indexer.query import parse_lucene
 from dicomflow.kernel.events import Namespace
 
-router = APIRouter(tags=["search"])
+router = APIRouter(tags=["search"], dependencies=[reader])
 
 
 class SearchResultsPublic(BaseModel):
@@ -25,6 +26,7 @@ class SearchResultsPublic(BaseModel):
 @router.get("/api/search", summary="Search with Lucene-style syntax", response_model=None)
 def search(
     index: IndexDep,
+    namespace: ViewNamespace,
     q: Annotated[
         str,
         Query(
@@ -34,7 +36,6 @@ def search(
         ),
     ] = "",
     level: Level = Level.STUDY,
-    namespace: Namespace = Namespace.ORIGINAL,
     limit: Annotated[int, Query(ge=0, le=10_000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> SearchResultsPublic:
