@@ -131,3 +131,17 @@ class Authenticator:
             expires_at=expires,
         )
         return self.sessions.create(record), expires
+
+
+def first_start_admin_token(settings: Settings, blobs: BlobStore) -> str | None:
+    """At the first start (no API token yet, no DICOMFLOW_ADMIN_TOKEN): a new admin token.
+
+    The caller shows it once; only its hash is kept, so it is never shown again.
+    """
+    if not settings.http_auth or settings.admin_token.get_secret_value():
+        return None
+    registry = TokenRegistry(blobs)
+    if not registry.is_empty():
+        return None
+    token, _ = registry.create("admin created at first start", [Role.ADMIN])
+    return token
