@@ -121,8 +121,11 @@ class Authenticator:
         raise NotAuthenticated("credentials are required: Authorization: Bearer <token>")
 
     def open_session(self, principal: Principal) -> tuple[str, datetime]:
-        """A UI session for `principal` (who logged in with a token): its id and expiry."""
+        """A UI session for `principal` (who logged in with a token): its id and expiry (no
+        later than the token's own, for an OIDC token)."""
         expires = datetime.now(UTC) + self.session_lifetime
+        if principal.expires_at is not None:
+            expires = min(expires, principal.expires_at)
         record = SessionRecord(
             name=principal.name,
             roles=sorted(principal.roles),

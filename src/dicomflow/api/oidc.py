@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import urllib.request
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
@@ -117,7 +118,10 @@ class OidcVerifier:
             # The reason (expired, wrong audience, unknown key) helps the caller; the token
             # itself is never part of it.
             raise OidcError(f"invalid OpenID Connect token: {type(exc).__name__}: {exc}") from None
-        return Principal.of(self._name(claims), self.roles_of(claims), AuthMethod.OIDC)
+        expires = datetime.fromtimestamp(int(claims["exp"]), UTC)
+        return Principal.of(
+            self._name(claims), self.roles_of(claims), AuthMethod.OIDC, expires_at=expires
+        )
 
     def _name(self, claims: dict[str, Any]) -> str:
         name = claims.get(self.user_claim) or claims.get("sub")

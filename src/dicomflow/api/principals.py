@@ -2,6 +2,7 @@
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from dicomflow.kernel.events import Namespace
@@ -48,6 +49,7 @@ class Principal:
     method: AuthMethod
     token_id: str = ""
     via_session: bool = False
+    expires_at: datetime | None = None  # of the credential (an OIDC token's exp)
 
     @classmethod
     def of(
@@ -57,8 +59,9 @@ class Principal:
         method: AuthMethod,
         token_id: str = "",
         via_session: bool = False,
+        expires_at: datetime | None = None,
     ) -> "Principal":
-        return cls(name, effective_roles(roles), method, token_id, via_session)
+        return cls(name, effective_roles(roles), method, token_id, via_session, expires_at)
 
     def has(self, role: Role) -> bool:
         return role in self.roles
