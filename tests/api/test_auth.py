@@ -250,7 +250,13 @@ def test_phi_reads_are_audited_with_user_route_and_study(
     anonymous.get(f"/dicomweb/studies/{study}/metadata", headers=bearer(phi))
     anonymous.get("/api/search", params={"q": "PatientID:PHI*"}, headers=bearer(phi))
     anonymous.get("/dicomweb/deidentified/studies", headers=bearer(phi))
+    anonymous.get("/api/export/search.csv", params={"q": "Modality:CT"}, headers=bearer(phi))
+    ui_page = anonymous.get(f"/ui/studies/{study}", headers=bearer(phi))
+    assert ui_page.status_code == 200 and "SECRETNAME" in ui_page.text
     events = app.state.dicomflow.audit.search(user="phi-reader")
+    export = [e for e in events if e.action == AuditAction.EXPORT]
+    assert export and export[0].target == "GET /api/export/search.csv"
+    assert any(e.target == f"GET /ui/studies/{study}" for e in events)
     retrieve = [e for e in events if e.action == AuditAction.RETRIEVE]
     assert retrieve and retrieve[0].study_uids == [study] and retrieve[0].namespace == "original"
     assert retrieve[0].source == "testclient"

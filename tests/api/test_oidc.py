@@ -243,3 +243,9 @@ def test_ui_login_with_an_oidc_token(client: TestClient, issuer: Issuer) -> None
     assert response.status_code == 303
     assert client.get("/", params={"q": ""}).status_code == 200
     assert "alice" in client.get("/").text
+    audit = client.app.state.dicomflow.audit  # type: ignore[attr-defined]
+    [login] = audit.search(action=AuditAction.LOGIN)
+    assert login.user == "oidc:alice" and login.detail == "UI login"
+    refused = client.post("/ui/login", data={"token": issuer.token(aud="x")})
+    assert refused.status_code == 401
+    assert audit.search(action=AuditAction.LOGIN)[0].outcome != "0"
