@@ -339,3 +339,17 @@ def test_secrets_are_not_in_logs_or_errors(
     assert settings.admin_token.get_secret_value() not in repr(settings)
     registry = TokenRegistry(open_blob_store(settings))
     assert registry.verify(token) is not None and registry.verify(token + "x") is None
+
+
+@pytest.mark.parametrize("token", ["change-me", "short-token", "x" * 10 + "change-me" + "y" * 20])
+def test_a_weak_admin_token_is_refused_outside_dev_mode(settings: Settings, token: str) -> None:
+    weak = settings.model_copy(update={"admin_token": SecretStr(token), "dev_mode": False})
+    with pytest.raises(AuthConfigError, match="DICOMFLOW_ADMIN_TOKEN"):
+        create_app(weak)
+
+
+def test_the_openapi_schema_declares_the_bearer_scheme(app: FastAPI) -> None:
+    schema = app.openapi()
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert "security" not in schema["paths"]["/healthz"]["get"]
+    assert schema["paths"]["/dicomweb/studies"]["get"]["security"] == [{"bearer": []}]

@@ -1,11 +1,13 @@
 """The FastAPI application factory."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
 from dicomflow import __version__
+from dicomflow.api.auth import OPEN_PATHS
 from dicomflow.api.authn import Authenticator, check_auth_settings
 from dicomflow.api.deps import AppState
 from dicomflow.api.problems import install_problem_handlers
@@ -70,4 +72,30 @@ def create_app(settings: Settings) -> FastAPI:
         dicomweb.build_router(Namespace.DEIDENTIFIED), prefix="/dicomweb/deidentified"
     )
     app.include_router(dicomweb.build_router(Namespace.ORIGINAL), prefix="/dicomweb")
+    app.openapi = _with_bearer_security(app)  # type: ignore[method-assign]
     return app
+
+
+def _with_bearer_security(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The OpenAPI schema saying that every operation but /healthz takes a bearer token (so
+    that /docs has an Authorize button)."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = plain()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API token (dicomflow token create) or an OpenID "
+                    "Connect access token; see docs/security.md",
+                }
+            }
+            for path, operations in schema["paths"].items():
+                for operation in operations.values():
+                    if path not in OPEN_PATHS:
+                        operation["security"] = [{"bearer": []}]
+        return app.openapi_schema or {}
+
+    return openapi

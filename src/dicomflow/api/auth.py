@@ -31,6 +31,7 @@ from dicomflow.kernel.exceptions import BackendUnavailable
 log = logging.getLogger(__name__)
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+OPEN_PATHS = frozenset({"/healthz"})  # the one API route open without credentials
 
 
 class BadNamespace(ApiError, ValueError):

@@ -17,7 +17,7 @@ from dicomflow.api.oidc import OidcError, OidcVerifier
 from dicomflow.api.principals import AuthMethod, Principal, Role
 from dicomflow.api.tokens import TOKEN_PREFIX, SessionRecord, SessionStore, TokenRegistry
 from dicomflow.kernel.blobs.base import BlobStore
-from dicomflow.kernel.settings import Settings
+from dicomflow.kernel.settings import PLACEHOLDER_SECRET, Settings
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,23 @@ class Forbidden(ApiError):
     """Authenticated, but the role does not allow this (HTTP 403)."""
 
 
+MIN_ADMIN_TOKEN_LENGTH = 24
+
+
 def check_auth_settings(settings: Settings) -> None:
-    """Refuse DICOMFLOW_HTTP_AUTH=false outside dev mode; warn loudly inside it."""
+    """Refuse DICOMFLOW_HTTP_AUTH=false, or a short or placeholder DICOMFLOW_ADMIN_TOKEN,
+    outside dev mode; warn loudly when auth is off in dev mode."""
+    admin_token = settings.admin_token.get_secret_value()
+    if (
+        admin_token
+        and not settings.dev_mode
+        and (len(admin_token) < MIN_ADMIN_TOKEN_LENGTH or PLACEHOLDER_SECRET in admin_token)
+    ):
+        raise AuthConfigError(
+            f"DICOMFLOW_ADMIN_TOKEN is a placeholder or shorter than {MIN_ADMIN_TOKEN_LENGTH} "
+            "characters: set a long random value (python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))')"
+        )
     if settings.http_auth:
         return
     if not settings.dev_mode:
