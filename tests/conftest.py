@@ -1,8 +1,11 @@
 """Shared fixtures: settings on a temporary data directory, synthetic datasets, free ports."""
 
+import ipaddress
 import os
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -58,3 +61,102 @@ def service_setting(name: str) -> str:
     if os.environ.get("CI") or os.environ.get("DICOMFLOW_REQUIRE_SERVICES"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A test CA with a server certificate (127.0.0.1, localhost) and a client certificate."""
+
+    ca: Path
+    server_certificate: Path
+    server_key: Path
+    client_certificate: Path
+    client_key: Path
+
+
+def make_pki(folder: Path) -> Pki:
+    """Generate a self-signed CA and certificates it signs, as PEM files under `folder`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    def key_file(key: rsa.RSAPrivateKey, path: Path) -> Path:
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        return path
+
+    def certificate(
+        subject: str,
+        key: rsa.RSAPrivateKey,
+        issuer: tuple[x509.Name, rsa.RSAPrivateKey] | None,
+        extensions: list[tuple[x509.ExtensionType, bool]],
+    ) -> x509.Certificate:
+        issuer_name, issuer_key = issuer or (name(subject), key)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(issuer_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=2))
+        )
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    def write(cert: x509.Certificate, path: Path) -> Path:
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return path
+
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_cert = certificate(
+        "dicomflow test CA", ca_key, None, [(x509.BasicConstraints(ca=True, path_length=0), True)]
+    )
+    issuer = (ca_cert.subject, ca_key)
+    leaf = x509.BasicConstraints(ca=False, path_length=None)
+    server_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    server_cert = certificate(
+        "127.0.0.1",
+        server_key,
+        issuer,
+        [
+            (leaf, True),
+            (
+                x509.SubjectAlternativeName(
+                    [
+                        x509.DNSName("localhost"),
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    ]
+                ),
+                False,
+            ),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        ],
+    )
+    client_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    client_cert = certificate(
+        "dicomflow test client",
+        client_key,
+        issuer,
+        [(leaf, True), (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)],
+    )
+    return Pki(
+        ca=write(ca_cert, folder / "ca.pem"),
+        server_certificate=write(server_cert, folder / "server.pem"),
+        server_key=key_file(server_key, folder / "server.key"),
+        client_certificate=write(client_cert, folder / "client.pem"),
+        client_key=key_file(client_key, folder / "client.key"),
+    )

@@ -20,6 +20,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     settings.check_secrets()
     configure_logging(settings)
+    if args.role in (None, "ingest") and not _dicom_access_is_valid(settings):
+        return 2
     if args.role in (None, "api"):
         _announce_http_access(settings)
     if args.role:
@@ -40,6 +42,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"{settings.dicom_host}:{settings.dicom_port} "
             "(C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET)"
         )
+        if settings.dicom_tls_port:
+            console.print(f"  DICOM TLS   on {settings.dicom_host}:{settings.dicom_tls_port}")
         console.print(
             f"  HTTP API    http://{settings.http_host}:{settings.http_port}/ "
             "(DICOMweb /dicomweb, search /api/search, docs /docs, health /healthz)"
@@ -127,6 +131,21 @@ def cmd_token(args: argparse.Namespace) -> int:
         return 0
     finally:
         blobs.close()
+
+
+def _dicom_access_is_valid(settings: Settings) -> bool:
+    """Check the AE allowlists and TLS files before any process starts (clear message)."""
+    from dicomflow.ingest.access import AccessPolicy
+    from dicomflow.ingest.exceptions import AccessConfigError
+    from dicomflow.ingest.scp import tls_context
+
+    try:
+        AccessPolicy.from_settings(settings)
+        tls_context(settings)
+    except AccessConfigError as exc:
+        console.print(f"[red]{exc}[/]")
+        return False
+    return True
 
 
 def cmd_processors(args: argparse.Namespace) -> int:

@@ -59,20 +59,32 @@ def _wait_for_stop() -> threading.Event:
 
 def run_ingest(settings: Settings, reuse_port: bool) -> None:
     from dicomflow.api.dimse import QueryRetrieveService
+    from dicomflow.ingest.access import AccessGuard, AccessPolicy
+    from dicomflow.ingest.audit import DimseAudit
     from dicomflow.ingest.receiver import DurableReceiver
     from dicomflow.ingest.scp import start_scp
+    from dicomflow.kernel.audit import open_audit_trail
 
     stop = _wait_for_stop()
+    policy = AccessPolicy.from_settings(settings)  # a malformed allowlist stops the start here
     bus = open_bus(settings)
+    trail = open_audit_trail(settings, bus)
+    audit = DimseAudit(trail)
+    guard = AccessGuard(policy, on_denied=audit.denied)
     receiver = DurableReceiver(open_spool(settings), bus, settings.max_object_bytes)
-    query_retrieve = QueryRetrieveService(settings)
+    query_retrieve = QueryRetrieveService(settings, guard=guard, audit=audit)
     server = start_scp(
-        settings, receiver, reuse_port=reuse_port, extensions=[query_retrieve.extension()]
+        settings,
+        receiver,
+        reuse_port=reuse_port,
+        extensions=[query_retrieve.extension()],
+        guard=guard,
     )
     stop.wait()
     server.shutdown()
     query_retrieve.close()
     receiver.close()
+    trail.close()
     bus.close()
 
 

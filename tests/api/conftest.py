@@ -15,6 +15,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicomflow.api.app import create_app
 from dicomflow.api.dimse import QueryRetrieveService
 from dicomflow.indexer import StudyIndex, open_index
+from dicomflow.ingest.access import AccessGuard, AccessPolicy
+from dicomflow.ingest.audit import DimseAudit
 from dicomflow.ingest.receiver import DurableReceiver, identity_of_file_bytes
 from dicomflow.ingest.scp import start_scp
 from dicomflow.kernel.backends import open_blob_store, open_bus, open_spool
@@ -99,13 +101,24 @@ class QueryRetrieveSCP:
 
 
 @contextmanager
-def running_scp(archive: Archive, settings: Settings | None = None) -> Iterator[QueryRetrieveSCP]:
-    """The SCP with the query/retrieve services over `archive` (`settings` may add some)."""
+def running_scp(
+    archive: Archive,
+    settings: Settings | None = None,
+    audit: DimseAudit | None = None,
+    index: StudyIndex | None = None,
+) -> Iterator[QueryRetrieveSCP]:
+    """The SCP with the query/retrieve services over `archive` (`settings` may add some),
+    its access guard reporting refusals to `audit`; `index` stands in for the archive's."""
     settings = settings or archive.settings
     bus = open_bus(settings)
     receiver = DurableReceiver(open_spool(settings), bus, settings.max_object_bytes)
-    service = QueryRetrieveService(settings, index=archive.index, blobs=archive.blobs)
-    server = start_scp(settings, receiver, extensions=[service.extension()])
+    guard = AccessGuard(
+        AccessPolicy.from_settings(settings), on_denied=audit.denied if audit else None
+    )
+    service = QueryRetrieveService(
+        settings, index=index or archive.index, blobs=archive.blobs, guard=guard, audit=audit
+    )
+    server = start_scp(settings, receiver, extensions=[service.extension()], guard=guard)
     try:
         yield QueryRetrieveSCP(settings, service, server)
     finally:

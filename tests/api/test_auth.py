@@ -320,7 +320,9 @@ def test_auth_off_is_refused_outside_dev_mode(settings: Settings) -> None:
 def test_auth_off_in_dev_mode_opens_everything_with_a_warning(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dev = settings.model_copy(update={"http_auth": False, "admin_token": SecretStr("")})
+    dev = settings.model_copy(
+        update={"http_auth": False, "dev_mode": True, "admin_token": SecretStr("")}
+    )
     with TestClient(create_app(dev)) as client:
         assert client.get("/dicomweb/studies").status_code == 200
         assert client.get("/api/admin/tokens").status_code == 200

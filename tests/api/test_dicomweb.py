@@ -443,6 +443,9 @@ def test_rendered_instance_and_frame(client: TestClient, data: Data) -> None:
     assert png.format == "PNG"
     by_param = client.get(url(ct, "/rendered"), params={"accept": "image/png"})
     assert by_param.headers["content-type"] == "image/png"
+    # Browsers may keep a rendering for a while, never in a shared cache (it is PHI).
+    assert by_param.headers["cache-control"] == "private, max-age=300"
+    assert by_param.headers["vary"] == "Accept"
     small = image_of(client.get(url(ct, "/rendered"), params={"viewport": "32,16"}))
     assert small.size == (16, 16)
     frame = image_of(client.get(url(data.multiframe, "/frames/3/rendered")))

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from dicomflow.bench.report import build_rows, compute_targets, render, write_json
+from dicomflow.bench.report import build_rows, compute_targets, render, ui_slowest_page, write_json
 from dicomflow.bench.runner import summarize_ingest, summarize_queries
 from dicomflow.bench.stats import Status
 
@@ -165,3 +165,24 @@ def test_render_and_json_round_trip(results: dict[str, Any], tmp_path: Path) -> 
     loaded = json.loads(path.read_text())
     assert loaded["targets"][0]["status"] in {"met", "missed", "n/a"}
     assert loaded["ingest"]["summary"] == results["ingest"]["summary"]
+
+
+def test_the_slowest_ui_page_is_the_ui_target() -> None:
+    def pages(**p95: float) -> dict[str, Any]:
+        return {name.replace("_", " "): {"p50_s": s / 2, "p95_s": s} for name, s in p95.items()}
+
+    ui = {"server": pages(study=0.02, dashboard=0.05), "browser": pages(study=0.3, dashboard=0.2)}
+    results: dict[str, Any] = {
+        "archive": {"levels": [{"instances": 100_000, "ui": ui, "rss_after": {"total_bytes": 1}}]}
+    }
+    assert ui_slowest_page(ui) == ("browser", "study", 0.3)
+    target = next(t for t in compute_targets(results) if t.key == "ui.100000.slowest_page")
+    assert target.status is Status.MET and target.note == "study"
+    rows = [r for r in build_rows(results, compute_targets(results)) if "Web UI" in r.section]
+    assert [r.measure for r in rows] == ["study", "dashboard"]
+    assert "browser 150.0 ms / 300.0 ms" in rows[0].dicomflow and rows[0].status
+    assert not rows[1].status
+    ui["browser"] = {"status": "n/a (Chromium not found)"}
+    assert ui_slowest_page(ui) == ("server", "dashboard", 0.05)
+    rows = [r for r in build_rows(results, compute_targets(results)) if "Web UI" in r.section]
+    assert all("browser n/a (Chromium not found)" in r.dicomflow for r in rows)

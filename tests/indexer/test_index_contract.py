@@ -263,6 +263,13 @@ def test_free_text(loaded: StudyIndex, archive: Archive) -> None:
     assert studies(loaded, "^^^") == set()
 
 
+def test_free_text_with_nul_characters(loaded: StudyIndex, archive: Archive) -> None:
+    # Found by fuzzing: a NUL in free text (/api/search?q=%00) broke the SQLite FTS query.
+    assert studies(loaded, '"mri\0brain"') == names(archive, "B")
+    assert studies(loaded, "brain\0 -knee") == names(archive, "B")
+    assert studies(loaded, "\0\0") == set()  # no word, as "^^^"
+
+
 def test_series_level(loaded: StudyIndex, archive: Archive) -> None:
     series = search(loaded, "Modality:MR", level=Level.SERIES)
     assert {s["StudyInstanceUID"] for s in series} == names(archive, "B", "D")

@@ -1,6 +1,8 @@
 """The receive hot path: UID scanner, file meta encoder, direct storage acceptor, spool writes."""
 
+import socket
 import threading
+import tracemalloc
 from io import BytesIO
 from pathlib import Path
 
@@ -158,6 +160,31 @@ def test_responses_respect_the_peer_maximum_pdu() -> None:
         flags.append(pieces[pos + 11])
         pos += 6 + length
     assert flags[-1] == 0x03 and set(flags[:-1]) == {0x01}
+
+
+def test_a_claimed_pdu_length_is_not_allocated_before_its_bytes_arrive() -> None:
+    """Found by fuzzing: a P-DATA header claiming 4 GiB made the acceptor allocate 4 GiB
+    (and zero it) before reading a byte of it: six bytes per connection to exhaust memory."""
+    acceptor = fastpath.FastAcceptor(
+        store=lambda *args: 0x0000,
+        supported=STORAGE,
+        transfer_syntaxes=["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"],
+        max_pdu=0,
+        implementation_uid="1.2.3.4",
+        implementation_version="TEST",
+    )
+    peer, ours = socket.socketpair()
+    with peer, ours:
+        peer.sendall(_associate_rq(str(CTImageStorage)) + b"\x04\x00\xff\xff\xff\xf0" + bytes(100))
+        peer.shutdown(socket.SHUT_WR)  # the peer sends no more than these 100 bytes
+        tracemalloc.start()
+        try:
+            assert acceptor.serve(ours, ("127.0.0.1", 4242))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peer.recv(1) == b"\x02"  # the association was accepted before the P-DATA
+    assert peak < 64 << 20
 
 
 def test_spool_objects_have_no_checksum_side_file(tmp_path: Path) -> None:

@@ -7,13 +7,22 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE
+from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from dicomflow.ingest.receiver import DurableReceiver
-from dicomflow.ingest.scp import start_scp
+from dicomflow.ingest.exceptions import InvalidObject
+from dicomflow.ingest.receiver import DurableReceiver, file_meta_bytes, identity_of_file_bytes
+from dicomflow.ingest.scp import start_scp, store_encoded
 from dicomflow.kernel.backends import open_bus, open_spool
 from dicomflow.kernel.bus.base import EventBus
-from dicomflow.kernel.events import Namespace, ObjectReceived, Topic, decode_event
+from dicomflow.kernel.events import (
+    Namespace,
+    ObjectReceived,
+    Source,
+    SourceKind,
+    Topic,
+    decode_event,
+)
 from dicomflow.kernel.settings import Settings
 
 
@@ -84,4 +93,25 @@ def test_object_over_the_limit_is_refused(scp, ct_instance: Dataset) -> None:  #
     status = _send(settings, ct_instance)
     assert status.Status == 0xA700
     assert "exceeds" in status.ErrorComment
+    assert bus.read(bus.topic(Topic.RECEIVED)) == []
+
+
+def test_an_unreadable_uid_element_is_refused_not_a_processing_failure(  # type: ignore[no-untyped-def]
+    scp, ct_instance: Dataset
+) -> None:
+    """Found by fuzzing: a UID element with a VR that is no VR passed pydicom's lazy decode,
+    then raised when read: C-STORE answered "processing failure" and STOW-RS a 500."""
+    _, bus, receiver = scp
+    encoded = encode(ct_instance, False, True)
+    assert encoded is not None
+    at = encoded.index(b"\x20\x00\x0e\x00UI")  # SeriesInstanceUID
+    broken = encoded[: at + 4] + b"U," + encoded[at + 6 :]
+    syntax = "1.2.840.10008.1.2.1"
+    status = store_encoded(receiver, broken, syntax, "", "", Source(kind=SourceKind.DIMSE))
+    assert isinstance(status, Dataset)
+    assert status.Status == 0xC210
+    assert "SeriesInstanceUID cannot be read" in status.ErrorComment
+    meta = file_meta_bytes(str(ct_instance.SOPClassUID), str(ct_instance.SOPInstanceUID), syntax)
+    with pytest.raises(InvalidObject, match="SeriesInstanceUID cannot be read"):
+        identity_of_file_bytes(meta + broken)
     assert bus.read(bus.topic(Topic.RECEIVED)) == []

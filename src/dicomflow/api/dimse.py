@@ -60,14 +60,19 @@ from dicomflow.api.destinations import DestinationRegistry
 from dicomflow.api.exceptions import IdentifierError, InvalidDestination
 from dicomflow.indexer import open_index
 from dicomflow.indexer.base import MAX_LIMIT, InstanceRecord, SearchRequest, StudyIndex
-from dicomflow.indexer.exceptions import InvalidQuery
+from dicomflow.indexer.deadline import Deadline, call_before
+from dicomflow.indexer.exceptions import InvalidQuery, SearchTimeout
 from dicomflow.indexer.levels import Level
 from dicomflow.indexer.query import Query, qido_to_query
 from dicomflow.indexer.values import keyword_of_tag, tag_hex, tag_of_keyword, vr_of_keyword
+from dicomflow.ingest.access import NOT_AUTHORIZED, AccessGuard, AccessPolicy, DimseService
+from dicomflow.ingest.audit import DimseAudit
 from dicomflow.ingest.scp import ServiceExtension
+from dicomflow.kernel.audit import AuditAction
 from dicomflow.kernel.backends import open_blob_store
 from dicomflow.kernel.blobs.base import BlobStore
 from dicomflow.kernel.events import Namespace
+from dicomflow.kernel.exceptions import BackendUnavailable
 from dicomflow.kernel.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -506,6 +511,31 @@ def _unsendable(record: InstanceRecord) -> Dataset:
 # --- the service ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Requestor:
+    """Who asks: the calling AE title and the peer's address."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def of(cls, event: Any) -> "Requestor":
+        requestor = getattr(getattr(event, "assoc", None), "requestor", None)
+        if requestor is None:  # a handler called directly, not over the network
+            return cls("", "", 0)
+        return cls(str(requestor.ae_title).strip(), str(requestor.address), int(requestor.port))
+
+
+def query_text(level: Level, keys: Sequence[tuple[str, str]]) -> str:
+    """The matching keys of a request as audit text (``STUDY PatientID=123 Modality=CT``)."""
+    return " ".join([LEVEL_NAMES[level], *(f"{keyword}={value}" for keyword, value in keys)])
+
+
+def _study_uids(documents: Sequence[dict[str, Any]]) -> list[str]:
+    return [uid for uid in (_first(document, "0020000D") for document in documents) if uid]
+
+
 class QueryRetrieveService:
     """C-FIND, C-MOVE and C-GET SCP handlers over one index and one blob store."""
 
@@ -516,8 +546,12 @@ class QueryRetrieveService:
         index: StudyIndex | None = None,
         blobs: BlobStore | None = None,
         destinations: DestinationRegistry | None = None,
+        guard: AccessGuard | None = None,
+        audit: DimseAudit | None = None,
     ) -> None:
         self.settings = settings
+        self.guard = guard or AccessGuard(AccessPolicy.from_settings(settings))
+        self.audit = audit
         self.destinations = destinations
         if destinations is None:
             try:
@@ -560,8 +594,19 @@ class QueryRetrieveService:
                 self._owned.append(self._blobs)
             return self._blobs
 
-    def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return self._pool.submit(function, *args, **kwargs).result()
+    def _call(
+        self, deadline: Deadline, function: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        """An index call on the service's pool; SearchTimeout once `deadline` passes."""
+        return call_before(deadline, self._pool, function, *args, **kwargs)
+
+    def _deadline(self) -> Deadline:
+        return Deadline.after(self.settings.query_timeout)
+
+    def _audit(self, action: AuditAction, who: Requestor, target: str, **details: Any) -> None:
+        """Record an access to the originals; raises BackendUnavailable if it is not durable."""
+        if self.audit is not None:
+            self.audit.accessed(action, who.ae_title, who.host, target, **details)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -576,6 +621,10 @@ class QueryRetrieveService:
         """EVT_C_FIND: yields (Pending, answer) per match, then the final status."""
         started = time.monotonic()
         model = FIND_MODELS[str(event.request.AffectedSOPClassUID)]
+        who = Requestor.of(event)
+        if not self.guard.permits(DimseService.FIND, who.ae_title, who.host, who.port):
+            yield status(NOT_AUTHORIZED, f"{who.ae_title} may not query (not authorized)"), None
+            return
         try:
             try:
                 identifier = event.identifier
@@ -592,6 +641,7 @@ class QueryRetrieveService:
         little = context is None or UID(context.transfer_syntax).is_little_endian
         maximum = self.settings.dicom_find_max_results
         include = [tag_hex(tag) for tag in keys.return_tags]
+        deadline = self._deadline()
         sent = total = 0
         while sent < maximum:
             request = SearchRequest(
@@ -603,9 +653,25 @@ class QueryRetrieveService:
                 include_fields=include,
             )
             try:
-                result = self._call(self.index.search, request)
+                result = self._call(deadline, self.index.search, request)
+                self._audit(
+                    AuditAction.QUERY,
+                    who,
+                    f"C-FIND {model} {LEVEL_NAMES[keys.level]}",
+                    study_uids=_study_uids(result.results),
+                    query=query_text(keys.level, keys.matching),
+                    detail=f"{len(result.results)} of {result.total} matches",
+                )
             except InvalidQuery as exc:
                 yield status(UNABLE_TO_PROCESS, str(exc)), None
+                return
+            except SearchTimeout as exc:
+                log.warning("C-FIND from %s: %s", who.ae_title, exc)
+                yield status(OUT_OF_RESOURCES, "query timed out: narrow it or retry later"), None
+                return
+            except BackendUnavailable as exc:
+                log.error("C-FIND refused: the audit trail is unavailable: %s", exc)
+                yield status(OUT_OF_RESOURCES, "audit trail unavailable: retry later"), None
                 return
             except Exception as exc:
                 log.exception("C-FIND: the index failed")
@@ -642,6 +708,7 @@ class QueryRetrieveService:
     def retrieve_plan(self, identifier: Dataset, model: InformationModel) -> list[InstanceRecord]:
         """The instances that a C-MOVE / C-GET identifier names, series by series."""
         level, query = read_retrieve_identifier(identifier, model)
+        deadline = self._deadline()
         search_level = Level.INSTANCE if level is Level.INSTANCE else Level.SERIES
         series: dict[tuple[str, str], None] = {}
         wanted: set[str] = set()
@@ -655,7 +722,7 @@ class QueryRetrieveService:
                 offset=offset,
                 include_fields=list(UNIQUE_KEYS.values())[1:],
             )
-            result = self._call(self.index.search, request)
+            result = self._call(deadline, self.index.search, request)
             for document in result.results:
                 study = _first(document, "0020000D")
                 series_uid = _first(document, "0020000E")
@@ -673,7 +740,9 @@ class QueryRetrieveService:
                 break
         records: list[InstanceRecord] = []
         for study, series_uid in series:
-            found = self._call(self.index.instances, NAMESPACE, study, series_uid, with_json=False)
+            found = self._call(
+                deadline, self.index.instances, NAMESPACE, study, series_uid, with_json=False
+            )
             records.extend(r for r in found if not wanted or r.sop_uid in wanted)
             if len(records) > MAX_SUB_OPERATIONS:
                 raise IdentifierError(
@@ -682,17 +751,36 @@ class QueryRetrieveService:
                 )
         return records
 
-    def _plan(self, event: Any, model: InformationModel) -> list[InstanceRecord] | Dataset:
-        """The instances to send, or the failure status to answer with."""
+    def _plan(
+        self, event: Any, model: InformationModel, action: AuditAction, target: str
+    ) -> list[InstanceRecord] | Dataset:
+        """The instances to send (the access audited), or the failure status to answer with."""
+        who = Requestor.of(event)
         try:
             try:
                 identifier = event.identifier
             except Exception as exc:
                 raise IdentifierError(f"the identifier cannot be decoded: {exc}") from exc
-            return self.retrieve_plan(identifier, model)
+            plan = self.retrieve_plan(identifier, model)
+            level = read_level(identifier, model)
+            self._audit(
+                action,
+                who,
+                target,
+                study_uids=[record.study_uid for record in plan],
+                query=query_text(level, _unique_keys(identifier, model, level)),
+                detail=f"{len(plan)} instances",
+            )
+            return plan
         except IdentifierError as exc:
             log.info("retrieve refused (%s): %s", model, exc)
             return failure(exc)
+        except SearchTimeout as exc:
+            log.warning("retrieve from %s: %s", who.ae_title, exc)
+            return status(OUT_OF_RESOURCES_MATCHES, "lookup timed out: narrow it or retry later")
+        except BackendUnavailable as exc:
+            log.error("retrieve refused: the audit trail is unavailable: %s", exc)
+            return status(OUT_OF_RESOURCES, "audit trail unavailable: retry later")
         except Exception as exc:
             log.exception("retrieve: the index failed")
             return status(OUT_OF_RESOURCES_MATCHES, f"the index failed: {type(exc).__name__}")
@@ -737,17 +825,27 @@ class QueryRetrieveService:
     def move(self, event: Any) -> Iterator[Any]:
         """EVT_C_MOVE: the destination, the number of sub-operations, then the datasets."""
         model = MOVE_MODELS[str(event.request.AffectedSOPClassUID)]
+        who = Requestor.of(event)
+        title = str(event.move_destination or "").strip()
         try:
-            title = str(event.move_destination or "")
             destination = self.destinations.get(title) if self.destinations else None
         except InvalidDestination as exc:
             log.error("C-MOVE: the destinations cannot be read: %s", exc)
             destination = None
         if destination is None:
-            log.info("C-MOVE refused: unknown destination %r", event.move_destination)
+            log.info("C-MOVE refused: unknown destination %r", title)
             yield None, None  # pynetdicom answers 0xA801: move destination unknown
             return
-        plan = self._plan(event, model)
+        plan: list[InstanceRecord] | Dataset
+        if not self.guard.permits(DimseService.MOVE, who.ae_title, who.host, who.port):
+            # Only a failure after associating with the destination carries a status of its
+            # own; nothing but Verification is proposed to it.
+            plan = status(NOT_AUTHORIZED, f"{who.ae_title} may not retrieve (not authorized)")
+        elif not self.guard.permits_move(who.ae_title, who.host, who.port, title):
+            yield None, None  # 0xA801: not a destination this AE may move to
+            return
+        else:
+            plan = self._plan(event, model, AuditAction.EXPORT, f"C-MOVE to {title}")
         accepted: list[Any] = []
         options: dict[str, Any] = {
             "contexts": (
@@ -774,7 +872,12 @@ class QueryRetrieveService:
     def get(self, event: Any) -> Iterator[Any]:
         """EVT_C_GET: the number of sub-operations, then the datasets to C-STORE back."""
         model = GET_MODELS[str(event.request.AffectedSOPClassUID)]
-        plan = self._plan(event, model)
+        who = Requestor.of(event)
+        plan: list[InstanceRecord] | Dataset
+        if self.guard.permits(DimseService.GET, who.ae_title, who.host, who.port):
+            plan = self._plan(event, model, AuditAction.RETRIEVE, f"C-GET {model}")
+        else:
+            plan = status(NOT_AUTHORIZED, f"{who.ae_title} may not retrieve (not authorized)")
         if isinstance(plan, Dataset):
             yield 1
             yield plan, None
@@ -782,6 +885,21 @@ class QueryRetrieveService:
         log.info("C-GET of %d instances", len(plan))
         yield len(plan)
         yield from self._sub_operations(event, plan, lambda: event.assoc.accepted_contexts)
+
+
+def _unique_keys(
+    identifier: Dataset, model: InformationModel, level: Level
+) -> list[tuple[str, str]]:
+    """The unique keys of a retrieve identifier down to its level, as (keyword, text)."""
+    keys: list[tuple[str, str]] = []
+    for above in MODEL_LEVELS[model]:
+        if above.depth > level.depth:
+            break
+        keyword = UNIQUE_KEYS[above]
+        tag = tag_of_keyword(keyword)
+        if tag is not None and tag in identifier:
+            keys.append((keyword, _element_text(identifier[tag])))
+    return [(keyword, text) for keyword, text in keys if text]
 
 
 def _first(document: dict[str, Any], tag: str) -> str:

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, Response
 
 from dicomflow.api.auth import BadNamespace
 from dicomflow.api.authn import Forbidden, NotAuthenticated
-from dicomflow.indexer.exceptions import InvalidQuery
+from dicomflow.indexer.exceptions import InvalidQuery, SearchTimeout
 from dicomflow.ingest.exceptions import IngestError
 from dicomflow.kernel.exceptions import BackendUnavailable, InvalidUID
 
@@ -59,6 +59,12 @@ def install_problem_handlers(app: FastAPI, ui_error_page: UiErrorPage | None = N
     @app.exception_handler(InvalidQuery)
     async def _invalid_query(request: Request, exc: InvalidQuery) -> JSONResponse:
         return problem(400, "Invalid query", str(exc))
+
+    @app.exception_handler(SearchTimeout)
+    async def _search_timeout(request: Request, exc: SearchTimeout) -> JSONResponse:
+        response = problem(503, "Search timed out", str(exc))
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.exception_handler(InvalidUID)
     async def _invalid_uid(request: Request, exc: InvalidUID) -> JSONResponse:

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from dicomflow.bench.data import CASES
 
-PHASES = ("ingest", "searchable", "query", "import", "memory")
+PHASES = ("ingest", "searchable", "query", "import", "ui", "memory")
 RECEIVERS = ("dicomflow", "dicomflow-ingest", "dcmtk", "orthanc")
 MILLION = 1_000_000
 T = TypeVar("T")
@@ -29,6 +29,7 @@ class Options:
     receivers: list[str]
     sizes: list[int]
     queries: int
+    ui_rounds: int
     sustained_seconds: float
     sustained_case: str
     overrides: dict[str, str]
@@ -215,6 +216,7 @@ def parse_options(argv: list[str]) -> Options:
         or [r for r in RECEIVERS if not (quick and r == "dicomflow-ingest")],
         sizes=sorted(sizes),
         queries=_given(args.queries, 10 if quick else 25),
+        ui_rounds=2 if quick else 5,
         sustained_seconds=_given(args.sustained_seconds, 8.0 if quick else 60.0),
         sustained_case=args.sustained_case,
         overrides=dict(args.overrides),

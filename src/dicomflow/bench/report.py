@@ -27,6 +27,7 @@ QIDO_P95_AT_1M_S = 0.030
 CFIND_LATENCY_VS_ORTHANC_AT_100K = 0.1  # ten times faster
 IMPORT_FILES_PER_S = 1000.0
 RSS_GROWTH = 1.2
+UI_PAGE_P95_S = 0.5  # "well under a second"
 
 
 def _ingest_key(case: str, assoc: int, nodelay: bool) -> str:
@@ -154,6 +155,20 @@ def compute_targets(results: dict[str, Any]) -> list[Target]:
                     at_least=True,
                 )
             )
+    for level in levels:
+        slowest = ui_slowest_page(level.get("ui"))
+        if slowest is not None:
+            how, page, seconds = slowest
+            targets.append(
+                Target(
+                    f"ui.{level['instances']}.slowest_page",
+                    f"web UI at {level['instances']:,} instances: slowest page p95 ({how})",
+                    seconds,
+                    UI_PAGE_P95_S,
+                    at_least=False,
+                    note=page,
+                )
+            )
     if levels:
         first = levels[0]
         last = levels[-1]
@@ -174,6 +189,23 @@ def compute_targets(results: dict[str, Any]) -> list[Target]:
             )
         )
     return targets
+
+
+def ui_slowest_page(figures: dict[str, Any] | None) -> tuple[str, str, float] | None:
+    """(how, page, p95 seconds) of the slowest page, in the browser when it was measured."""
+    if not figures:
+        return None
+    for how in ("browser", "server"):
+        pages = figures.get(how) or {}
+        timed = [
+            (s["p95_s"], name)
+            for name, s in pages.items()
+            if isinstance(s, dict) and s.get("p95_s")
+        ]
+        if timed:
+            seconds, page = max(timed)
+            return how, page, float(seconds)
+    return None
 
 
 @dataclass(frozen=True)
@@ -325,6 +357,30 @@ def build_rows(results: dict[str, Any], targets: list[Target]) -> list[Row]:
                     orthanc=f"storescu x4: {fmt_rate(fill['rate'])}" if fill else "",
                     target=">= 1,000 files/s",
                     status=_status_text([target]) if target else "",
+                )
+            )
+    for level in levels:
+        ui = level.get("ui")
+        if not ui:
+            continue
+        target = by_key.get(f"ui.{level['instances']}.slowest_page")
+        browser = ui.get("browser") or {}
+        for page, server in ui["server"].items():
+            in_browser = browser.get(page)
+            rows.append(
+                Row(
+                    f"Web UI page load at {level['instances']:,} instances "
+                    "(p50 / p95: server HTML + fragments + images; browser until ready)",
+                    page,
+                    f"server {fmt_seconds(server['p50_s'])} / {fmt_seconds(server['p95_s'])}\n"
+                    + (
+                        f"browser {fmt_seconds(in_browser['p50_s'])} / "
+                        f"{fmt_seconds(in_browser['p95_s'])}"
+                        if in_browser
+                        else f"browser {browser.get('status', 'n/a')}"
+                    ),
+                    target="slowest page p95 < 0.5 s",
+                    status=_status_text([target]) if target and target.note == page else "",
                 )
             )
     memory = results.get("memory") or {}

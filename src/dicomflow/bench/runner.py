@@ -65,6 +65,7 @@ from dicomflow.bench.receivers import (
 from dicomflow.bench.stats import latency_summary, median
 from dicomflow.bench.tools import INSTALL_HINTS, Tool, describe_machine, find_dcmtk, find_orthanc
 from dicomflow.bench.tools import versions as tool_versions
+from dicomflow.bench.ui import measure_ui, ui_pages
 
 SERIES_PER_STUDY = 2
 INSTANCES_PER_SERIES = 10
@@ -419,6 +420,9 @@ class Bench:
                 if query:
                     with self.memory_of(f"query {level['instances']:,}", server):
                         level.update(self._queries(server, orthanc, studies_done, size))
+                if "ui" in opts.phases:
+                    with self.memory_of(f"ui {level['instances']:,}", server):
+                        level["ui"] = self._ui(server, studies_done, size)
                 level["rss_after"] = self.current_rss(server)
                 levels.append(level)
         shutil.rmtree(work, ignore_errors=True)
@@ -576,6 +580,27 @@ class Bench:
         )
         return out
 
+    def _ui(self, server: DicomflowServer, studies: int, size: int) -> dict[str, Any]:
+        pages = ui_pages(server.http, studies, seed=size)
+        figures = measure_ui(
+            server.http_port, pages, self.options.ui_rounds, headers=server.http_headers
+        )
+        slowest = {
+            how: max(
+                (s["p95_s"] for s in figures[how].values() if s.get("p95_s") is not None),
+                default=None,
+            )
+            for how in ("server", "browser")
+            if "status" not in figures[how]
+        }
+        if "status" in figures["browser"]:
+            self.note(f"UI in a browser not measured: {figures['browser']['status']}")
+        self.say(
+            "  UI slowest page p95: "
+            + "; ".join(f"{how} {_ms(value)}" for how, value in slowest.items())
+        )
+        return figures
+
     # -- the run ---------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -587,7 +612,7 @@ class Bench:
                 self.phase_ingest()
             if "searchable" in opts.phases:
                 self.phase_searchable()
-            if "query" in opts.phases or "import" in opts.phases:
+            if {"query", "import", "ui"} & set(opts.phases):
                 self.phase_fill_and_query(query="query" in opts.phases)
         except KeyboardInterrupt:
             self.note("interrupted: the results are partial")

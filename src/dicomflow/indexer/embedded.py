@@ -676,7 +676,10 @@ def _condition(
 def _fts_phrase(text: Text) -> str | None:
     if not re.search(r"\w", text.text):
         return None
-    return '"' + text.text.replace('"', '""') + '"' + (" *" if text.prefix else "")
+    # FTS5 ends a query string at a NUL ("unterminated string"); its tokenizer separates
+    # words there anyway, as at a space.
+    phrase = text.text.replace("\0", " ").replace('"', '""')
+    return '"' + phrase + '"' + (" *" if text.prefix else "")
 
 
 _REF = {Level.PATIENT: "patient_ref", Level.STUDY: "study_ref", Level.SERIES: "series_ref"}

@@ -17,3 +17,7 @@ class InvalidQuery(IndexerError, ValueError):
 
 class IndexBackendUnavailable(IndexerError):
     """The configured index back end is not part of this installation."""
+
+
+class SearchTimeout(IndexerError):
+    """The index did not answer within DICOMFLOW_QUERY_TIMEOUT (HTTP 503, C-FIND 0xA700)."""

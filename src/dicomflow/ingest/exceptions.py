@@ -29,3 +29,7 @@ class StorageUnavailable(IngestError):
 
     dimse_status = 0xA700  # Out of resources
     http_status = 503
+
+
+class AccessConfigError(IngestError, ValueError):
+    """A DICOM access setting (AE allowlists, move destinations, TLS files) is malformed."""

@@ -46,6 +46,7 @@ _C_STORE_RQ, _C_STORE_RSP, _C_ECHO_RQ, _C_ECHO_RSP = 0x0001, 0x8001, 0x0030, 0x8
 _NO_DATASET = 0x0101
 
 _MAX_RQ_BYTES = 1 << 20  # larger associate requests are left to pynetdicom
+_PREALLOCATED_BYTES = 4 << 20  # larger PDUs are read in parts of this size
 _U16, _U32, _BE16, _BE32 = (
     struct.Struct("<H"),
     struct.Struct("<I"),
@@ -266,6 +267,16 @@ StoreFunction = Callable[[bytes, str, str, str, str, str, str], int | Dataset]
 """(encoded dataset, transfer syntax, SOP class, SOP instance, calling AE, called AE,
 address) -> status of the C-STORE."""
 
+AdmitFunction = Callable[[AssociateRequest, tuple[str, int]], tuple[int, int, int] | None]
+"""(association request, peer address) -> the A-ASSOCIATE-RJ (result, source, reason) to
+answer with, or None to accept."""
+
+OUT_OF_RESOURCES = 0xA700
+
+
+def _admit_all(request: AssociateRequest, address: tuple[str, int]) -> None:
+    return None
+
 
 @dataclass
 class FastAcceptor:
@@ -280,6 +291,8 @@ class FastAcceptor:
     acse_timeout: float = 30
     network_timeout: float = 60
     can_accept: Callable[[], bool] = lambda: True
+    admit: AdmitFunction = _admit_all
+    max_object_bytes: int = 0  # 0: no limit; larger datasets are read, dropped and refused
     _sockets: set[socket.socket] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -312,7 +325,7 @@ class FastAcceptor:
         if request is None:
             return False
         _tune(sock)
-        _Connection(sock, self, request, f"{address[0]}:{address[1]}").run()
+        _Connection(sock, self, request, address).run()
         return True
 
     def register(self, sock: socket.socket) -> None:
@@ -344,17 +357,35 @@ _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 class _Connection:
     def __init__(
-        self, sock: socket.socket, acceptor: FastAcceptor, request: AssociateRequest, address: str
+        self,
+        sock: socket.socket,
+        acceptor: FastAcceptor,
+        request: AssociateRequest,
+        peer: tuple[str, int],
     ) -> None:
         self.sock = sock
         self.acceptor = acceptor
         self.request = request
-        self.address = address
+        self.peer = peer
+        self.address = f"{peer[0]}:{peer[1]}"
         self.calling_ae = request.calling_ae.decode("ascii", "replace").strip()
         self.called_ae = request.called_ae.decode("ascii", "replace").strip()
         self.contexts: dict[int, str] = {}
 
     def _recv_exact(self, count: int) -> bytearray:
+        if count <= _PREALLOCATED_BYTES:
+            return self._recv_into_new(count)
+        # A PDU length is the peer's claim, up to 4 GiB in a 6-byte header: memory is
+        # allocated as the bytes arrive, never for the claim alone.
+        parts: list[bytearray] = []
+        remaining = count
+        while remaining:
+            part = self._recv_into_new(min(remaining, _PREALLOCATED_BYTES))
+            parts.append(part)
+            remaining -= len(part)
+        return bytearray().join(parts)
+
+    def _recv_into_new(self, count: int) -> bytearray:
         buffer = bytearray(count)
         view = memoryview(buffer)
         got = 0
@@ -377,8 +408,12 @@ class _Connection:
     def run(self) -> None:
         acceptor = self.acceptor
         self._read_pdu()  # the A-ASSOCIATE-RQ, parsed already from the peek
-        if not acceptor.can_accept():
-            self.sock.sendall(encode_associate_rj(2, 3, 2))  # transient, local limit exceeded
+        rejection = acceptor.admit(self.request, self.peer)
+        if rejection is None and not acceptor.can_accept():
+            log.warning("association from %s rejected: too many associations", self.address)
+            rejection = (2, 3, 2)  # transient, local limit exceeded
+        if rejection is not None:
+            self.sock.sendall(encode_associate_rj(*rejection))
             return
         self.contexts, answers = negotiate(self.request, acceptor.transfer_syntaxes)
         self.sock.sendall(
@@ -406,6 +441,8 @@ class _Connection:
     def _serve(self) -> None:
         command = bytearray()
         data: list[memoryview] = []
+        size = 0  # bytes of the dataset received so far (kept or not)
+        limit = self.acceptor.max_object_bytes or None
         pending: tuple[int, dict[int, bytes]] | None = None  # a command awaiting its dataset
         while True:
             kind, body = self._read_pdu()
@@ -442,12 +479,18 @@ class _Connection:
                 elif pending is None:
                     raise _Abort("dataset without a command")
                 else:
-                    data.append(fragment)
+                    size += len(fragment)
+                    if limit is None or size <= limit:
+                        data.append(fragment)
+                    elif data:
+                        data = []  # over the limit: the rest is read and dropped
                     if header & 0x02:
                         cid, fields = pending
-                        encoded = b"".join(data)
-                        data, pending = [], None
-                        self._on_store(cid, fields, encoded)
+                        if limit is not None and size > limit:
+                            self._refuse_store(cid, fields, size, limit)
+                        else:
+                            self._on_store(cid, fields, b"".join(data))
+                        data, pending, size = [], None, 0
 
     def _on_command(
         self, context_id: int, fields: dict[int, bytes]
@@ -470,6 +513,33 @@ class _Connection:
             return context_id, fields
         raise _Abort(f"unsupported command 0x{command_field:04X} on a storage association")
 
+    def _refuse_store(
+        self, context_id: int, fields: dict[int, bytes], size: int, limit: int
+    ) -> None:
+        """Answer a dataset larger than the limit (read and dropped, nothing written)."""
+        log.warning(
+            "C-STORE refused from %s: object of %d bytes exceeds the limit", self.address, size
+        )
+        self._respond_store(
+            context_id,
+            fields,
+            OUT_OF_RESOURCES,
+            f"object of {size} bytes exceeds the limit of {limit} bytes",
+        )
+
+    def _respond_store(
+        self, context_id: int, fields: dict[int, bytes], status: int, comment: str
+    ) -> None:
+        response = encode_response(
+            _C_STORE_RSP,
+            fields.get(0x00000110, b"\0\0"),
+            fields.get(0x00000002, b""),
+            status,
+            fields.get(0x00001000, b""),
+            comment[:64],  # ErrorComment is LO
+        )
+        self.sock.sendall(encode_p_data(context_id, response, self.request.max_pdu))
+
     def _on_store(self, context_id: int, fields: dict[int, bytes], encoded: bytes) -> None:
         sop_class = fields.get(0x00000002, b"")
         sop_instance = fields.get(0x00001000, b"")
@@ -487,12 +557,4 @@ class _Connection:
             )
         except UnicodeDecodeError:
             status, comment = 0xC210, "non-ASCII SOP Class or Instance UID"
-        response = encode_response(
-            _C_STORE_RSP,
-            fields.get(0x00000110, b"\0\0"),
-            sop_class,
-            status,
-            sop_instance,
-            comment,
-        )
-        self.sock.sendall(encode_p_data(context_id, response, self.request.max_pdu))
+        self._respond_store(context_id, fields, status, comment)

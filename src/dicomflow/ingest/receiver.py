@@ -47,7 +47,12 @@ def identity_of(ds: Dataset, transfer_syntax_uid: str) -> InstanceIdentity:
     """The validated UIDs of a dataset; raises InvalidObject naming what is missing or bad."""
     values: dict[str, str] = {}
     for keyword, field in _REQUIRED:
-        raw = ds.get(keyword)
+        try:
+            raw = ds.get(keyword)
+        except Exception as exc:  # pydicom converts values lazily, raising many types
+            raise InvalidObject(
+                f"the dataset's {keyword} cannot be read: {type(exc).__name__}"
+            ) from exc
         if raw is None or str(raw).strip() == "":
             raise InvalidObject(f"the dataset has no {keyword}")
         try:

@@ -11,6 +11,7 @@ retrieve, unusual negotiations) goes to pynetdicom untouched. Both end in `store
 
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,13 +26,23 @@ from pynetdicom import (
     PYNETDICOM_IMPLEMENTATION_VERSION,
     evt,
 )
+from pynetdicom.acse import ACSE
+from pynetdicom.association import Association
 from pynetdicom.dsutils import decode
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from dicomflow.ingest.exceptions import IngestError, InvalidObject
-from dicomflow.ingest.fastpath import FastAcceptor
+from dicomflow.ingest.access import (
+    NOT_AUTHORIZED,
+    REJECT_LOCAL_LIMIT,
+    REJECT_NOT_RECOGNIZED,
+    AccessGuard,
+    AccessPolicy,
+    DimseService,
+)
+from dicomflow.ingest.exceptions import AccessConfigError, IngestError, InvalidObject
+from dicomflow.ingest.fastpath import AssociateRequest, FastAcceptor
 from dicomflow.ingest.receiver import (
     DurableReceiver,
     file_meta_bytes,
@@ -120,8 +131,14 @@ def store_encoded(
     return STATUS_SUCCESS
 
 
-def make_store_handler(receiver: DurableReceiver) -> Callable[[Any], int | Dataset]:
+def make_store_handler(
+    receiver: DurableReceiver, guard: AccessGuard
+) -> Callable[[Any], int | Dataset]:
     def handle_store(event: Any) -> int | Dataset:
+        requestor = event.assoc.requestor
+        calling = str(requestor.ae_title).strip()
+        if not guard.permits(DimseService.STORE, calling, requestor.address, requestor.port):
+            return _status(NOT_AUTHORIZED, f"{calling} may not store here (not authorized)")
         request = event.request
         return store_encoded(
             receiver,
@@ -135,8 +152,17 @@ def make_store_handler(receiver: DurableReceiver) -> Callable[[Any], int | Datas
     return handle_store
 
 
-def make_fast_acceptor(ae: AE, receiver: DurableReceiver, settings: Settings) -> FastAcceptor:
+def make_fast_acceptor(
+    ae: AE, receiver: DurableReceiver, settings: Settings, guard: AccessGuard
+) -> FastAcceptor:
     """The direct path for plain storage associations, with the AE's limits and timeouts."""
+
+    def admit(request: AssociateRequest, peer: tuple[str, int]) -> tuple[int, int, int] | None:
+        calling = request.calling_ae.decode("ascii", "replace").strip()
+        syntaxes = [abstract for _, abstract, _ in request.contexts]
+        if guard.admit(calling, peer[0], peer[1], syntaxes):
+            return None
+        return REJECT_NOT_RECOGNIZED
 
     def store(
         encoded: bytes,
@@ -162,11 +188,16 @@ def make_fast_acceptor(ae: AE, receiver: DurableReceiver, settings: Settings) ->
         implementation_version=str(PYNETDICOM_IMPLEMENTATION_VERSION),
         acse_timeout=float(ae.acse_timeout or 30),
         network_timeout=float(ae.network_timeout or 60),
-    )
-    acceptor.can_accept = lambda: (
-        len(ae.active_associations) + acceptor.active < ae.maximum_associations
+        admit=admit,
+        max_object_bytes=settings.max_object_bytes,
     )
     return acceptor
+
+
+def acceptor_associations(ae: AE, fast: FastAcceptor | None) -> int:
+    """Associations in progress that peers requested, on both paths and every listener."""
+    served = sum(1 for assoc in ae.active_associations if assoc.is_acceptor)
+    return served + (fast.active if fast is not None else 0)
 
 
 def tune_socket(event: Any) -> None:
@@ -180,16 +211,100 @@ def tune_socket(event: Any) -> None:
         return
 
 
+class GuardedACSE(ACSE):
+    """pynetdicom's ACSE that first rejects the associations the access policy refuses, and
+    those past DICOMFLOW_DICOM_MAX_ASSOCIATIONS counting the fast path's too."""
+
+    def __init__(
+        self, assoc: Association, guard: AccessGuard, count: Callable[[], int] | None = None
+    ) -> None:
+        super().__init__(assoc)
+        self.guard = guard
+        self.count = count
+
+    def _negotiate_as_acceptor(self) -> None:
+        request = self.requestor.primitive
+        requestor = self.assoc.requestor
+        calling = str(getattr(request, "calling_ae_title", "") or "").strip()
+        contexts = getattr(request, "presentation_context_definition_list", None) or []
+        syntaxes = [str(context.abstract_syntax or "") for context in contexts]
+        if not self.guard.admit(calling, requestor.address, requestor.port, syntaxes):
+            self._reject(REJECT_NOT_RECOGNIZED)
+            return
+        # This association is among those counted.
+        if self.count is not None and self.count() > self.assoc.ae.maximum_associations:
+            log.warning(
+                "association from %s:%s rejected: too many associations",
+                requestor.address,
+                requestor.port,
+            )
+            self._reject(REJECT_LOCAL_LIMIT)
+            return
+        super()._negotiate_as_acceptor()
+
+    def _reject(self, reason: tuple[int, int, int]) -> None:
+        self.send_reject(*reason)
+        evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+        self.assoc.kill()
+
+
+class GuardedRequestHandler(RequestHandler):
+    """Gives every association pynetdicom accepts the server's access guard."""
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        server = self.server
+        guard = getattr(server, "guard", None)
+        assoc.acse = GuardedACSE(
+            assoc,
+            guard if isinstance(guard, AccessGuard) else AccessGuard(),
+            getattr(server, "association_count", None),
+        )
+        return assoc
+
+
 class StoreServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with the storage fast path in front of it."""
+    """pynetdicom's threaded server with the storage fast path and the access guard in front.
+
+    With an SSL context (the TLS listener), the handshake runs in the association's thread
+    with a timeout, not in the accepting thread: a client that never completes it holds only
+    its own thread. TLS associations are all served by pynetdicom (the fast path needs to
+    peek at the plain request).
+    """
 
     fast: FastAcceptor | None = None
+    guard: AccessGuard = AccessGuard()
+    association_count: Callable[[], int] | None = None
+    handshake_timeout: float = 30.0
+    companions: Sequence[ThreadedAssociationServer] = ()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
+        return client, address
+
+    def _handshake(self, request: ssl.SSLSocket, client_address: Any) -> bool:
+        try:
+            request.settimeout(self.handshake_timeout)
+            request.do_handshake()
+            request.settimeout(None)
+        except (OSError, ValueError) as exc:  # ssl.SSLError, a timeout, a reset
+            log.warning("TLS handshake with %s failed: %s", client_address, exc)
+            return False
+        return True
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        fast = self.fast
-        if fast is not None and isinstance(request, socket.socket) and not self.ssl_context:
+        if isinstance(request, ssl.SSLSocket):
+            if not self._handshake(request, client_address):
+                self.shutdown_request(request)
+                return
+        elif self.fast is not None and isinstance(request, socket.socket):
             try:
-                served = fast.serve(request, client_address)
+                served = self.fast.serve(request, client_address)
             except Exception:
                 log.exception("storage association from %s failed", client_address)
                 served = True
@@ -199,6 +314,8 @@ class StoreServer(ThreadedAssociationServer):
         super().process_request_thread(request, client_address)
 
     def shutdown(self) -> None:
+        for companion in self.companions:
+            companion.shutdown()
         if self.fast is not None:
             self.fast.abort_all()
         super().shutdown()
@@ -242,16 +359,62 @@ class ServiceExtension:
     configure: Callable[[AE], None] | None = None
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server SSL context of the DICOM TLS listener (None when the port is 0).
+
+    TLS 1.2 at least; with DICOMFLOW_DICOM_TLS_CA, a client certificate that chains to it is
+    required (mutual TLS). Raises AccessConfigError naming the setting at fault.
+    """
+    if not settings.dicom_tls_port:
+        return None
+    if not settings.dicom_tls_certificate or not settings.dicom_tls_key:
+        raise AccessConfigError(
+            "DICOMFLOW_DICOM_TLS_PORT is set: DICOMFLOW_DICOM_TLS_CERTIFICATE and "
+            "DICOMFLOW_DICOM_TLS_KEY must name the PEM certificate and key"
+        )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.dicom_tls_certificate, settings.dicom_tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise AccessConfigError(
+            f"DICOMFLOW_DICOM_TLS_CERTIFICATE / DICOMFLOW_DICOM_TLS_KEY cannot be loaded: {exc}"
+        ) from exc
+    if settings.dicom_tls_ca:
+        try:
+            context.load_verify_locations(cafile=settings.dicom_tls_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise AccessConfigError(f"DICOMFLOW_DICOM_TLS_CA cannot be loaded: {exc}") from exc
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _serve(server: StoreServer, name: str) -> None:
+    server.ae._servers.append(server)  # as AE.start_server does: server.shutdown() expects it
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+
+
 def start_scp(
     settings: Settings,
     receiver: DurableReceiver,
     reuse_port: bool = False,
     extensions: Sequence[ServiceExtension] = (),
+    guard: AccessGuard | None = None,
 ) -> ThreadedAssociationServer:
-    """Start the SCP in background threads; call `.shutdown()` on the result to stop it."""
+    """Start the SCP in background threads; call `.shutdown()` on the result to stop it.
+
+    `guard` applies the AE title allowlists (default: those of the settings); with
+    DICOMFLOW_DICOM_TLS_PORT a TLS listener serves the same AE and services beside the plain
+    one (and stops with it).
+    """
+    if guard is None:
+        guard = AccessGuard(AccessPolicy.from_settings(settings))
+    for warning in guard.policy.warnings():
+        log.warning(warning)
+    ssl_context = tls_context(settings)
     ae = build_ae(settings)
     handlers: list[Any] = [
-        (evt.EVT_C_STORE, make_store_handler(receiver)),
+        (evt.EVT_C_STORE, make_store_handler(receiver, guard)),
         (evt.EVT_CONN_OPEN, tune_socket),
     ]
     for extension in extensions:
@@ -265,9 +428,29 @@ def start_scp(
         (settings.dicom_host, settings.dicom_port),
         evt_handlers=handlers,
         server_class=server_class,
+        request_handler=GuardedRequestHandler,
     )
     assert isinstance(server, StoreServer)
-    server.fast = make_fast_acceptor(ae, receiver, settings)
-    ae._servers.append(server)  # as AE.start_server does: server.shutdown() expects it
-    threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True).start()
+    fast = make_fast_acceptor(ae, receiver, settings, guard)
+
+    def count() -> int:
+        return acceptor_associations(ae, fast)
+
+    fast.can_accept = lambda: count() < ae.maximum_associations
+    server.guard, server.fast, server.association_count = guard, fast, count
+    if ssl_context is not None:
+        secure = ae.make_server(
+            (settings.dicom_host, settings.dicom_tls_port),
+            evt_handlers=handlers,
+            server_class=server_class,
+            ssl_context=ssl_context,
+            request_handler=GuardedRequestHandler,
+        )
+        assert isinstance(secure, StoreServer)
+        secure.guard, secure.association_count = guard, count
+        secure.handshake_timeout = float(ae.acse_timeout or 30)
+        server.companions = [secure]
+        _serve(secure, "dicom-scp-tls")
+        log.info("DICOM TLS listener on port %d", settings.dicom_tls_port)
+    _serve(server, "dicom-scp")
     return server

@@ -51,7 +51,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DICOMFLOW_", extra="ignore")
 
     dev_mode: bool = Field(
-        True, description="Development mode: allows placeholder secrets. Set false in production."
+        False,
+        description="Development mode: allows placeholder secrets in a scale-out deployment "
+        "(and the other dev-only settings). Never in production.",
     )
     data_dir: Path = Field(
         Path("dicomflow-data"), description="Where the embedded back ends and the spool keep data."
@@ -74,6 +76,47 @@ class Settings(BaseSettings):
         description="Most matches one C-FIND returns; past it the SCP answers the first ones, "
         "then Refused: out of resources (0xA700).",
     )
+    dicom_allowed_aes: str = Field(
+        "",
+        description="Calling AE titles that may associate at all: comma-separated AE, AE@ip or "
+        "AE@network/bits ('*' = any AE title); empty = any (a warning is logged at start).",
+    )
+    dicom_store_aes: str = Field(
+        "",
+        description="Calling AE titles that may C-STORE (same syntax; empty = every allowed AE).",
+    )
+    dicom_find_aes: str = Field(
+        "", description="Calling AE titles that may C-FIND (same syntax; empty = every allowed AE)."
+    )
+    dicom_retrieve_aes: str = Field(
+        "",
+        description="Calling AE titles that may C-MOVE and C-GET (same syntax; empty = every "
+        "allowed AE).",
+    )
+    dicom_move_destinations: str = Field(
+        "",
+        description="Which destinations each calling AE may C-MOVE to, e.g. "
+        "WS1=PACS2,VIEWER;WS2=*;*=ARCHIVE ('*' as calling AE: every other AE); empty = any "
+        "registered destination.",
+    )
+    dicom_tls_port: int = Field(
+        0, description="Port of the DICOM TLS listener (same services, TLS 1.2+); 0 = off."
+    )
+    dicom_tls_certificate: str = Field(
+        "", description="PEM certificate (chain) of the DICOM TLS listener."
+    )
+    dicom_tls_key: str = Field("", description="PEM private key of the DICOM TLS listener.")
+    dicom_tls_ca: str = Field(
+        "",
+        description="PEM CA certificates that client certificates must chain to; set = mutual "
+        "TLS (a client without a valid certificate is refused), empty = no client certificate.",
+    )
+    query_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds an index query may take (C-FIND, C-MOVE/C-GET lookup, QIDO-RS, "
+        "/api/search); past it: 0xA700 over DIMSE, HTTP 503 over HTTP.",
+    )
     destinations: str = Field(
         "",
         description="C-MOVE destinations as a comma-separated list of AET@host:port (more in "
@@ -81,6 +124,12 @@ class Settings(BaseSettings):
     )
     max_object_bytes: int = Field(
         2 * 1024**3, description="Largest object accepted by C-STORE, STOW-RS and import."
+    )
+    stow_max_request_bytes: int = Field(
+        2 * 1024**3,
+        ge=1,
+        description="Largest STOW-RS request body (all its parts); larger: HTTP 413 before the "
+        "body is read (Content-Length) or as soon as a streamed body exceeds it.",
     )
     http_host: str = Field("0.0.0.0", description="Address the HTTP API listens on.")  # noqa: S104
     http_port: int = Field(8080, description="Port of the HTTP API (DICOMweb, search, UI).")
@@ -114,7 +163,9 @@ class Settings(BaseSettings):
 
     deid_secret: SecretStr = Field(
         SecretStr(PLACEHOLDER_SECRET),
-        description="Key of the keyed hash that makes pseudonymous UIDs and IDs. Keep it secret.",
+        description="Key of the keyed hash that makes pseudonymous UIDs and IDs. Keep it secret. "
+        "The embedded deployment generates one on first start (`<data_dir>/secrets/deid-secret`); "
+        "a scale-out deployment must set it.",
     )
     deid_uid_root: str = Field(
         "2.25", description="UID root of pseudonymous UIDs (2.25 = UUID-derived, no registration)."
@@ -210,12 +261,26 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     def check_secrets(self) -> None:
-        """Refuse to run outside dev mode while a secret still holds its placeholder."""
+        """Refuse to run outside dev mode while a secret still holds its placeholder.
+
+        The embedded deployment generates its de-identification key on first start
+        (kernel/secrets.py); a scale-out one must be given one, shared by every replica.
+        """
         if self.dev_mode:
             return
-        if self.deid_secret.get_secret_value() in ("", PLACEHOLDER_SECRET):
+        if self.bus is not BusBackend.EMBEDDED and self.deid_secret.get_secret_value() in (
+            "",
+            PLACEHOLDER_SECRET,
+        ):
             raise ValueError(
-                "DICOMFLOW_DEID_SECRET still holds its placeholder: set a long random value "
+                "DICOMFLOW_DEID_SECRET still holds its placeholder: a scale-out deployment needs "
+                "one long random value shared by every process (or DICOMFLOW_DEV_MODE=true for "
+                "a test setup)"
+            )
+        uses_s3 = BlobBackend.S3 in (self.blobs, self.spool)
+        if uses_s3 and not self.s3_secret_key.get_secret_value():
+            raise ValueError(
+                "DICOMFLOW_S3_SECRET_KEY is empty while S3 is configured: set the S3 credentials "
                 "(or DICOMFLOW_DEV_MODE=true for a test setup)"
             )
 

@@ -28,6 +28,7 @@ from dicomflow.api.deps import BlobsDep, IndexDep
 from dicomflow.api.exceptions import NotAcceptable, PixelDataError
 from dicomflow.api.rendering import OCTET_STREAM, FrameNotFound, RenderParameterError
 from dicomflow.indexer.base import InstanceRecord, Level, SearchRequest, StudyIndex
+from dicomflow.indexer.deadline import search_within
 from dicomflow.indexer.exceptions import InvalidQuery
 from dicomflow.indexer.query import qido_to_query
 from dicomflow.kernel.blobs.base import BlobStore
@@ -285,7 +286,7 @@ def qido_search(
         series_uid=series_uid,
         include_fields=_include_fields(request),
     )
-    result = index.search(search)
+    result = search_within(index, search, request.app.state.dicomflow.settings.query_timeout)
     headers = {"X-Total-Count": str(result.total)}
     if request.query_params.get("fuzzymatching", "").lower() == "true":
         headers["Warning"] = (
@@ -455,8 +456,12 @@ def _rendered_response(
         return media_type, image
 
     media_type, image = _http_errors(build)
-    return Response(image, media_type=media_type)
+    # Rendering costs a decode; a browser showing the same thumbnails again (back to the
+    # results, the next page and back) should not pay it twice. Private: the image is PHI.
+    return Response(image, media_type=media_type, headers=RENDERED_CACHE_HEADERS)
 
+
+RENDERED_CACHE_HEADERS = {"Cache-Control": "private, max-age=300", "Vary": "Accept"}
 
 # --- the routes -----------------------------------------------------------------------------
 

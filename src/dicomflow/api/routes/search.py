@@ -6,8 +6,9 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from dicomflow.api.auth import ViewNamespace, reader
-from dicomflow.api.deps import IndexDep
-from dicomflow.indexer.base import Level, SearchRequest, flatten
+from dicomflow.api.deps import IndexDep, SettingsDep
+from dicomflow.indexer.base import MAX_LIMIT, Level, SearchRequest, flatten
+from dicomflow.indexer.deadline import search_within
 from dicomflow.indexer.query import parse_lucene
 from dicomflow.kernel.events import Namespace
 
@@ -27,6 +28,7 @@ class SearchResultsPublic(BaseModel):
 def search(
     index: IndexDep,
     namespace: ViewNamespace,
+    settings: SettingsDep,
     q: Annotated[
         str,
         Query(
@@ -36,18 +38,13 @@ def search(
         ),
     ] = "",
     level: Level = Level.STUDY,
-    limit: Annotated[int, Query(ge=0, le=10_000)] = 100,
+    limit: Annotated[int, Query(ge=0, le=MAX_LIMIT)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> SearchResultsPublic:
-    result = index.search(
-        SearchRequest(
-            namespace=namespace,
-            level=level,
-            query=parse_lucene(q),
-            limit=limit,
-            offset=offset,
-        )
+    request = SearchRequest(
+        namespace=namespace, level=level, query=parse_lucene(q), limit=limit, offset=offset
     )
+    result = search_within(index, request, settings.query_timeout)
     return SearchResultsPublic(
         total=result.total,
         level=level,

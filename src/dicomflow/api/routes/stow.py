@@ -95,6 +95,31 @@ def _uid_attr(vr: str, value: str) -> dict[str, Any]:
     return {"vr": vr, "Value": [value]}
 
 
+def _too_large(limit: int) -> HTTPException:
+    return HTTPException(
+        413, f"the request body exceeds {limit} bytes (DICOMFLOW_STOW_MAX_REQUEST_BYTES)"
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, at most `limit` bytes: 413 before reading when Content-Length says
+    more, and as soon as a streamed (chunked) body passes the limit."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            length = int(declared)
+        except ValueError:
+            raise HTTPException(400, "Content-Length is not a number") from None
+        if length > limit:
+            raise _too_large(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
+
+
 @router.post("/dicomweb/studies", summary="STOW-RS: store instances", response_model=None)
 @router.post(
     "/dicomweb/studies/{study}",
@@ -113,12 +138,7 @@ async def store_instances(
     part_type = _TYPE.search(content_type)
     if part_type and part_type.group(1).lower() != "application/dicom":
         raise HTTPException(415, f"only application/dicom parts are accepted, not {part_type[1]}")
-    limit = state.settings.max_object_bytes
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise HTTPException(413, f"the request body exceeds {limit} bytes")
+    body = await read_body(request, state.settings.stow_max_request_bytes)
     receiver = state.receiver()
     source = Source(
         kind=SourceKind.STOW, address=f"{request.client.host if request.client else ''}"
@@ -127,7 +147,7 @@ async def store_instances(
     failed: list[dict[str, Any]] = []
     stored_studies: set[str] = set()
     base = base_url(request)
-    for headers, payload in split_multipart(bytes(body), boundary.group(1)):
+    for headers, payload in split_multipart(body, boundary.group(1)):
         kind = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
         try:
             if kind != "application/dicom":

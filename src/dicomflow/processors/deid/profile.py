@@ -20,6 +20,7 @@ from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_se
 from pydicom.datadict import tag_for_keyword
 from pydicom.tag import BaseTag, Tag
 
+from dicomflow.kernel.secrets import deid_secret
 from dicomflow.kernel.settings import Settings
 from dicomflow.processors.deid.pseudonyms import (
     DEFAULT_UID_ROOT,
@@ -222,7 +223,7 @@ class DeidentifyOptions:
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
         return cls(
-            secret=settings.deid_secret.get_secret_value().encode(),
+            secret=deid_secret(settings),
             uid_root=settings.deid_uid_root,
             retain_longitudinal=settings.deid_retain_longitudinal,
             retain_patient_characteristics=settings.deid_retain_patient_characteristics,
