@@ -315,23 +315,27 @@ def test_admin_destinations_processors_and_reindex(page: Page, served: Server) -
 
 
 def test_a_deid_reader_sees_only_deidentified_data_and_no_admin(
-    browser: Browser, served: Server
+    browser: Browser, served: Server, page: Page
 ) -> None:
-    created = served.http.post(
-        "/api/admin/tokens", json={"name": "researcher", "roles": ["deid-reader"]}
-    )
-    assert created.status_code == 201, created.text
-    page, errors = new_page(browser, served)
+    # The admin makes the researcher's token on the admin page; it is shown once.
+    page.goto("/ui/admin")
+    page.get_by_label("Name", exact=True).fill("researcher")
+    page.get_by_label("Role", exact=True).select_option("deid-reader")
+    page.get_by_role("button", name="Create token").click()
+    token = page.locator("#new-token-value").inner_text()
+    expect(page.locator("#token-table")).to_contain_text("researcher")
+    screenshot(page, "admin-token-created")
+    page, errors = new_page(browser, served)  # the researcher, in a browser of their own
     try:
         page.goto("/ui/login")
         page.get_by_label("Token").fill("dft_0000000000000000_" + "x" * 43)
         page.get_by_role("button", name="Log in").click()
         expect(page.locator("#login-error")).to_contain_text("not valid")
-        log_in(page, created.json()["token"], "/ui/dashboard")
+        log_in(page, token, "/ui/dashboard")
         expect(page.locator("#user-menu")).to_contain_text("researcher")
         cookie = next(c for c in page.context.cookies() if c["name"] == "dicomflow_session")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
-        assert created.json()["token"] not in cookie["value"]
+        assert token not in cookie["value"]
         page.goto("/")
         expect(page.locator("#namespace-banner")).to_contain_text("De-identified data")
         expect(page.locator("#results")).to_contain_text(f"{PATIENTS} studies")

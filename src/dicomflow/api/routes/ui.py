@@ -39,10 +39,11 @@ from dicomflow.api.authn import SESSION_COOKIE, Forbidden, NotAuthenticated
 from dicomflow.api.deps import BusDep, IndexDep, SettingsDep
 from dicomflow.api.destinations import Destination, DestinationRegistry, DestinationSource
 from dicomflow.api.exceptions import DestinationConflict, InvalidDestination
-from dicomflow.api.principals import Principal
+from dicomflow.api.principals import Principal, Role
 from dicomflow.api.reindex import ReindexRunning
 from dicomflow.api.routes.dicomweb import with_bulk_data_uris
 from dicomflow.api.services import Services, ServicesDep, services_lifespan
+from dicomflow.api.tokens import InvalidTokenRequest
 from dicomflow.api.ui import STATIC_DIR, TEMPLATES_DIR, browse, charts, searching
 from dicomflow.api.ui import formatting as fmt
 from dicomflow.api.ui.tags import tag_rows
@@ -465,12 +466,20 @@ def retry_dead_letter(offset: int, request: Request, bus: BusDep, user: AdminDep
 
 @router.get("/ui/admin", response_class=HTMLResponse, dependencies=[admin])
 def admin_page(request: Request, services: ServicesDep, settings: SettingsDep) -> HTMLResponse:
+    return _admin(request, services, settings)
+
+
+def _admin(
+    request: Request, services: Services, settings: SettingsDep, **tokens: str
+) -> HTMLResponse:
+    """The admin page; `tokens` tells the API tokens section what just happened."""
     return render(
         request,
         "admin.html",
         _namespace(request),
         nav="admin",
         **_destinations_context(settings),
+        **_tokens_context(request, **tokens),
         progress=services.reindexer.progress,
         namespaces=fmt.VIEW_NAMESPACES,
     )
@@ -604,6 +613,63 @@ def start_reindex(
         namespaces=fmt.VIEW_NAMESPACES,
         error=error,
     )
+
+
+# --- API tokens -----------------------------------------------------------------------------
+
+
+def _tokens_context(
+    request: Request, message: str = "", error: str = "", created: str = "", created_name: str = ""
+) -> dict[str, Any]:
+    auth = authenticator_of(request)
+    return {
+        "tokens": auth.tokens.list(),
+        "roles": list(Role),
+        "env_admin": request.app.state.dicomflow.settings.admin_token.get_secret_value() != "",
+        "token_message": message,
+        "token_error": error,
+        "created": created,
+        "created_name": created_name,
+    }
+
+
+def _tokens_fragment(request: Request, status: int = 200, **context: str) -> Response:
+    if not _is_htmx(request):
+        return RedirectResponse("/ui/admin#tokens", status_code=303)
+    return render(
+        request,
+        "_tokens.html",
+        _namespace(request),
+        status=status,
+        **_tokens_context(request, **context),
+    )
+
+
+@router.post("/ui/fragments/tokens", response_class=HTMLResponse)
+def create_token(
+    request: Request,
+    user: AdminDep,
+    services: ServicesDep,
+    settings: SettingsDep,
+    name: Annotated[str, Form(max_length=200)],
+    role: Annotated[str, Form(max_length=40)],
+) -> Response:
+    try:
+        token, record = authenticator_of(request).tokens.create(name, [role])
+    except InvalidTokenRequest as exc:
+        return _tokens_fragment(request, 422, error=str(exc))
+    audit_change(request, user, f"created API token {record.id} ({record.name}): roles {role}")
+    if not _is_htmx(request):  # without JavaScript: the admin page, with the token shown once
+        return _admin(request, services, settings, created=token, created_name=record.name)
+    return _tokens_fragment(request, created=token, created_name=record.name)
+
+
+@router.post("/ui/fragments/tokens/{token_id}/revoke", response_class=HTMLResponse)
+def revoke_token(token_id: str, request: Request, user: AdminDep) -> Response:
+    if not authenticator_of(request).tokens.revoke(token_id):
+        return _tokens_fragment(request, 404, error=f"No token {token_id[:20]}.")
+    audit_change(request, user, f"revoked API token {token_id}")
+    return _tokens_fragment(request, message=f"Revoked token {token_id}.")
 
 
 # --- login, logout, authentication errors ---------------------------------------------------
