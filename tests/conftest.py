@@ -9,15 +9,26 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from pydicom.dataset import Dataset
 
 from dicomflow.kernel.settings import Settings
 from dicomflow.synthetic import PatientSpec, iter_study_tree, make_instance
 
+# The admin token of the test servers (DICOMFLOW_ADMIN_TOKEN): tests authenticate with it, as
+# automation does; auth is never turned off except by the tests of that dev setting.
+ADMIN_TOKEN = "test-admin-token-" + "0123456789abcdef" * 2
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", dicom_port=free_port(), http_port=free_port())
+    return Settings(
+        data_dir=tmp_path / "data",
+        dicom_port=free_port(),
+        http_port=free_port(),
+        admin_token=SecretStr(ADMIN_TOKEN),
+    )
 
 
 def free_port() -> int:

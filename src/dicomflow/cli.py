@@ -22,6 +22,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings)
     if args.role in (None, "ingest") and not _dicom_access_is_valid(settings):
         return 2
+    if args.role in (None, "api"):
+        _announce_http_access(settings)
     if args.role:
         if args.group and not args.role.startswith("processor:"):
             console.print("[red]--group needs a single processor role (--role processor:NAME)[/]")
@@ -55,6 +57,80 @@ def cmd_serve(args: argparse.Namespace) -> int:
         code = supervise(list(ALL_ROLES), settings)
         console.print("dicomflow stopped")
         return code
+
+
+def _announce_http_access(settings: Settings) -> None:
+    """Print the admin token made at the first start (once: only its hash is kept), or warn
+    that the HTTP API is open (DICOMFLOW_HTTP_AUTH=false, dev mode only)."""
+    from dicomflow.api.authn import check_auth_settings, first_start_admin_token
+    from dicomflow.kernel.backends import open_blob_store
+
+    check_auth_settings(settings)
+    if not settings.http_auth:
+        console.print(
+            "[bold red]  HTTP API IS OPEN: DICOMFLOW_HTTP_AUTH=false (dev mode) lets anyone read "
+            "identified data and administer this archive[/]"
+        )
+        return
+    blobs = open_blob_store(settings)
+    try:
+        token = first_start_admin_token(settings, blobs)
+    finally:
+        blobs.close()
+    if token is None:
+        return
+    host = "localhost" if settings.http_host in ("0.0.0.0", "::") else settings.http_host  # noqa: S104
+    base = f"http://{host}:{settings.http_port}"
+    console.print(
+        "  admin token created at first start; it is shown this once (only its hash is kept),\n"
+        "  keep it safe and make tokens for others with `dicomflow token create`:\n"
+        f"    {token}\n"
+        f'    curl -H "Authorization: Bearer {token}" {base}/api/status\n'
+        f"    web UI: {base}/ui/login (paste the token)",
+        markup=False,
+        highlight=False,
+    )
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """API tokens: create (printed once), list, revoke."""
+    from dicomflow.api.tokens import InvalidTokenRequest, TokenRegistry
+    from dicomflow.kernel.backends import open_blob_store
+
+    blobs = open_blob_store(get_settings())
+    try:
+        registry = TokenRegistry(blobs)
+        if args.action == "create":
+            try:
+                token, record = registry.create(args.name, args.role)
+            except InvalidTokenRequest as exc:
+                console.print(f"[red]{exc}[/]")
+                return 2
+            console.print(
+                f"created token {record.id} ({record.name}; {', '.join(record.roles)}); "
+                "it is shown this once:"
+            )
+            console.print(token, markup=False, highlight=False)
+            return 0
+        if args.action == "revoke":
+            if registry.revoke(args.id):
+                console.print(f"revoked token {args.id}")
+                return 0
+            console.print(f"[red]no token {args.id}[/]")
+            return 1
+        table = Table("id", "name", "roles", "created", "last used")
+        for record in registry.list():
+            table.add_row(
+                record.id,
+                record.name,
+                ", ".join(record.roles),
+                record.created_at.isoformat(timespec="seconds"),
+                record.last_used_at.isoformat(timespec="seconds") if record.last_used_at else "",
+            )
+        console.print(table)
+        return 0
+    finally:
+        blobs.close()
 
 
 def _dicom_access_is_valid(settings: Settings) -> bool:
@@ -132,6 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. to rebuild an index)",
     )
     serve.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="API tokens of the HTTP API: create, list, revoke")
+    token_sub = token.add_subparsers(dest="action", required=True)
+    create = token_sub.add_parser("create", help="create a token (printed once)")
+    create.add_argument("--name", required=True, help="who or what uses it (in the audit trail)")
+    create.add_argument(
+        "--role",
+        action="append",
+        required=True,
+        help="deid-reader, phi-reader, uploader or admin (repeat for several)",
+    )
+    token_sub.add_parser("list", help="list the tokens (never the tokens themselves)")
+    revoke = token_sub.add_parser("revoke", help="revoke a token by its id")
+    revoke.add_argument("id", help="the token's id (from `dicomflow token list`)")
+    token.set_defaults(func=cmd_token)
 
     processors = sub.add_parser("processors", help="list the installed processors")
     processors.set_defaults(func=cmd_processors)

@@ -25,6 +25,7 @@ from dicomflow.kernel.events import MetadataExtracted, Namespace, Source, Source
 from dicomflow.kernel.settings import Settings
 from dicomflow.kernel.uids import instance_key
 from dicomflow.processors.metadata import read_metadata
+from tests.conftest import ADMIN_HEADERS
 
 
 def part10(ds: Dataset) -> bytes:
@@ -135,5 +136,5 @@ def qr_scp(archive: Archive) -> Iterator[QueryRetrieveSCP]:
 
 @pytest.fixture
 def client(archive: Archive) -> Iterator[TestClient]:
-    with TestClient(create_app(archive.settings)) as test_client:
+    with TestClient(create_app(archive.settings), headers=ADMIN_HEADERS) as test_client:
         yield test_client

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 from PIL import Image
+from pydantic import SecretStr
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
@@ -26,7 +27,7 @@ from dicomflow.api.app import create_app
 from dicomflow.kernel.settings import Settings
 from dicomflow.synthetic import PatientSpec, iter_study_tree, make_instance
 from tests.api.conftest import Archive, open_archive, part10
-from tests.conftest import free_port
+from tests.conftest import ADMIN_HEADERS, ADMIN_TOKEN, free_port
 
 OCTET = "application/octet-stream"
 
@@ -163,7 +164,12 @@ def data() -> Data:
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory, data: Data) -> Iterator[Archive]:
     folder: Path = tmp_path_factory.mktemp("dicomweb")
-    settings = Settings(data_dir=folder / "data", dicom_port=free_port(), http_port=free_port())
+    settings = Settings(
+        data_dir=folder / "data",
+        dicom_port=free_port(),
+        http_port=free_port(),
+        admin_token=SecretStr(ADMIN_TOKEN),
+    )
     with open_archive(settings) as opened:
         opened.add(data.all())
         yield opened
@@ -171,7 +177,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory, data: Data) -> Iterator[Ar
 
 @pytest.fixture(scope="module")
 def client(archive: Archive) -> Iterator[TestClient]:
-    with TestClient(create_app(archive.settings)) as test_client:
+    with TestClient(create_app(archive.settings), headers=ADMIN_HEADERS) as test_client:
         yield test_client
 
 

@@ -14,6 +14,7 @@ from dicomflow.api.routes.stow import read_body
 from dicomflow.synthetic import PatientSpec, make_instance
 from tests.api.conftest import Archive, part10
 from tests.api.test_dimse_access import SlowIndex
+from tests.conftest import ADMIN_HEADERS
 
 BOUNDARY = "limits-boundary"
 CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
@@ -24,7 +25,7 @@ def limited(archive: Archive) -> Iterator[TestClient]:
     settings = archive.settings.model_copy(
         update={"stow_max_request_bytes": 100_000, "query_timeout": 0.3}
     )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=ADMIN_HEADERS) as client:
         yield client
 
 

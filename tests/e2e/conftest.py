@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from pydicom.filereader import _read_file_meta_info
 
-from tests.conftest import free_port
+from tests.conftest import ADMIN_TOKEN, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +42,12 @@ class Server:
     http: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=30)
+        token = self.env.get("DICOMFLOW_ADMIN_TOKEN")
+        self.http = httpx.Client(
+            base_url=f"http://127.0.0.1:{self.http_port}",
+            timeout=30,
+            headers={"Authorization": f"Bearer {token}"} if token else None,
+        )
 
     def start(self, timeout: float = 60) -> None:
         log = self.log_path.open("ab")
@@ -109,7 +114,11 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def server_env(data_dir: Path, dicom_port: int, http_port: int) -> dict[str, str]:
+def server_env(
+    data_dir: Path, dicom_port: int, http_port: int, admin_token: str | None = ADMIN_TOKEN
+) -> dict[str, str]:
+    """The environment of a test server; `admin_token` None leaves DICOMFLOW_ADMIN_TOKEN unset
+    (the server then creates an admin token at its first start and prints it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMFLOW_")}
     env.update(
         DICOMFLOW_DATA_DIR=str(data_dir),
@@ -121,6 +130,8 @@ def server_env(data_dir: Path, dicom_port: int, http_port: int) -> dict[str, str
         DICOMFLOW_PLUGINS="-",
         PYTHONUNBUFFERED="1",
     )
+    if admin_token is not None:
+        env["DICOMFLOW_ADMIN_TOKEN"] = admin_token
     return env
 
 

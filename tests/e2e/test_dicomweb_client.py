@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from dicomflow.synthetic import PatientSpec, iter_study_tree, make_instance
-from tests.conftest import free_port
+from tests.conftest import ADMIN_HEADERS, free_port
 from tests.e2e.conftest import Server, server_env
 
 pytestmark = pytest.mark.e2e
@@ -59,7 +59,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, D
     server = Server(folder / "data", dicom_port, http_port, env, folder / "server.log")
     server.start()
     try:
-        yield server, DICOMwebClient(url=f"http://127.0.0.1:{http_port}/dicomweb")
+        yield (
+            server,
+            DICOMwebClient(url=f"http://127.0.0.1:{http_port}/dicomweb", headers=ADMIN_HEADERS),
+        )
     finally:
         assert server.stop() == 0, server.log_path.read_text()[-3000:]
 

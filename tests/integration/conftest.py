@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from dicomflow.kernel.settings import Settings
-from tests.conftest import free_port, service_setting
+from tests.conftest import ADMIN_TOKEN, free_port, service_setting
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,16 @@ class ScaleOut:
     http: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=60)
+        self.http = self.client(self.http_port)
+
+    def client(self, http_port: int, token: str | None = None) -> httpx.Client:
+        """An HTTP client of an API replica, authenticated with the admin token by default."""
+        token = token or self.env["DICOMFLOW_ADMIN_TOKEN"]
+        return httpx.Client(
+            base_url=f"http://127.0.0.1:{http_port}",
+            timeout=60,
+            headers={"Authorization": f"Bearer {token}"},
+        )
 
     def settings(self) -> Settings:
         return Settings(
@@ -56,11 +65,11 @@ class ScaleOut:
             }
         )
 
-    def start(self, name: str, role: str, *extra: str) -> None:
+    def start(self, name: str, role: str, *extra: str, env: dict[str, str] | None = None) -> None:
         log = (self.tmp / f"{name}.log").open("ab")
         self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", "dicomflow.cli", "serve", "--role", role, *extra],
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -161,6 +170,7 @@ def scaleout(tmp_path: Path) -> Iterator[ScaleOut]:
         DICOMFLOW_HTTP_PORT=str(http_port),
         DICOMFLOW_DEID_SECRET="integration-secret-" + "y" * 20,
         DICOMFLOW_PLUGINS="-",
+        DICOMFLOW_ADMIN_TOKEN=ADMIN_TOKEN,
         PYTHONUNBUFFERED="1",
     )
     deployment = ScaleOut(tmp_path, env, dicom_port, http_port)

@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE
@@ -19,6 +20,7 @@ from dicomflow.indexer import open_index
 from dicomflow.kernel.backends import open_blob_store
 from dicomflow.kernel.events import Namespace
 from dicomflow.synthetic import PatientSpec, iter_study_tree, make_instance, write_tree
+from tests.conftest import free_port
 from tests.e2e.conftest import dataset_bytes, dcmtk, parse_multipart, read_dataset
 from tests.integration.conftest import ScaleOut, services_script
 
@@ -216,3 +218,34 @@ def test_two_replicas_share_the_work_without_duplicates(scaleout: ScaleOut, tmp_
             counts.append(int(match.group(1)))
         print(f"{name} records per replica: {counts}")
         assert all(count > 0 for count in counts), counts
+
+
+def test_a_token_created_through_one_api_replica_is_accepted_by_the_other(
+    scaleout: ScaleOut,
+) -> None:
+    """Two API replicas share the token registry (in S3): create on one, use on the other,
+    revoke on the other, refused on the first within the registry's cache time."""
+    other_port = free_port()
+    scaleout.start("api", "api")
+    scaleout.start("api-2", "api", env={"DICOMFLOW_HTTP_PORT": str(other_port)})
+    first, second = scaleout.http, scaleout.client(other_port)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if first.get("/healthz").status_code == second.get("/healthz").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    created = first.post("/api/admin/tokens", json={"name": "replica test", "roles": ["uploader"]})
+    assert created.status_code == 201, created.text
+    token = created.json()["token"]
+    uploader = scaleout.client(other_port, token)
+    assert uploader.get("/api/status").status_code == 200
+    assert uploader.get("/dicomweb/deidentified/studies").status_code == 403
+    assert second.delete(f"/api/admin/tokens/{created.json()['id']}").status_code == 204
+    deadline = time.monotonic() + 30  # the first replica's cache keeps a record for 5 s
+    refused = scaleout.client(scaleout.http_port, token)
+    while refused.get("/api/status").status_code != 401:
+        assert time.monotonic() < deadline, "the revocation did not reach the other replica"
+        time.sleep(0.5)

@@ -2,6 +2,7 @@
 index, and the events on the bus), and the HTTP app on the same data directory."""
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
@@ -31,6 +32,7 @@ from dicomflow.kernel.settings import Settings
 from dicomflow.kernel.uids import instance_key
 from dicomflow.processors.metadata import read_metadata
 from dicomflow.synthetic import iter_study_tree
+from tests.conftest import ADMIN_HEADERS
 
 
 def part10(ds: Dataset) -> bytes:
@@ -97,8 +99,8 @@ class Archive:
         return added
 
 
-@pytest.fixture
-def archive(settings: Settings) -> Iterator[Archive]:
+@contextmanager
+def open_archive(settings: Settings) -> Iterator[Archive]:
     index = open_index(settings)
     blobs = open_blob_store(settings)
     bus = open_bus(settings)
@@ -111,6 +113,12 @@ def archive(settings: Settings) -> Iterator[Archive]:
 
 
 @pytest.fixture
+def archive(settings: Settings) -> Iterator[Archive]:
+    with open_archive(settings) as opened:
+        yield opened
+
+
+@pytest.fixture
 def filled(archive: Archive) -> Archive:
     """Two patients, one study each, two series (CT and MR) of three instances."""
     archive.add(iter_study_tree(patients=2, series_per_study=2, instances_per_series=3))
@@ -119,5 +127,5 @@ def filled(archive: Archive) -> Archive:
 
 @pytest.fixture
 def client(archive: Archive) -> Iterator[TestClient]:
-    with TestClient(create_app(archive.settings)) as test_client:
+    with TestClient(create_app(archive.settings), headers=ADMIN_HEADERS) as test_client:
         yield test_client

@@ -3,7 +3,9 @@ by Playwright (never a downloaded browser). Each page's screenshot is saved unde
 test-artifacts/ui/.
 
 The tests share one server and one browser and run in file order: the ingest first, then the
-pages a radiographer, a researcher and an administrator would open.
+pages a radiographer, a researcher and an administrator would open. The browser logs in with
+the admin token (pasted on the login page, as a person would); the last tests log in as a reader
+of de-identified data, check the CSRF protection and log out.
 """
 
 import csv
@@ -24,7 +26,7 @@ from dicomflow.kernel.backends import open_bus
 from dicomflow.kernel.events import Topic
 from dicomflow.kernel.settings import Settings
 from dicomflow.synthetic import iter_study_tree, write_tree
-from tests.conftest import free_port
+from tests.conftest import ADMIN_TOKEN, free_port
 from tests.e2e.conftest import Server, server_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -90,8 +92,7 @@ def browser() -> Iterator[Browser]:
             launched.close()
 
 
-@pytest.fixture(scope="module")
-def page(browser: Browser, served: Server) -> Iterator[Page]:
+def new_page(browser: Browser, served: Server) -> tuple[Page, list[str]]:
     context = browser.new_context(
         base_url=f"http://127.0.0.1:{served.http_port}",
         viewport={"width": 1366, "height": 900},
@@ -101,8 +102,24 @@ def page(browser: Browser, served: Server) -> Iterator[Page]:
     opened = context.new_page()
     errors: list[str] = []
     opened.on("pageerror", lambda exc: errors.append(str(exc)))
+    return opened, errors
+
+
+def log_in(page: Page, token: str, start: str = "/") -> None:
+    """Open `start`, land on the login page, paste the token, come back to `start`."""
+    page.goto(start)
+    expect(page).to_have_url(re.compile(r"/ui/login\?next="))
+    page.get_by_label("Token").fill(token)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).not_to_have_url(re.compile("/ui/login"))
+
+
+@pytest.fixture(scope="module")
+def page(browser: Browser, served: Server) -> Iterator[Page]:
+    opened, errors = new_page(browser, served)
+    log_in(opened, ADMIN_TOKEN)
     yield opened
-    context.close()
+    opened.context.close()
     assert not errors, f"JavaScript errors: {errors}"
 
 
@@ -295,3 +312,62 @@ def test_admin_destinations_processors_and_reindex(page: Page, served: Server) -
         assert time.monotonic() < deadline, "the rebuilt index misses studies"
         time.sleep(0.2)
     screenshot(page, "admin")
+
+
+def test_a_deid_reader_sees_only_deidentified_data_and_no_admin(
+    browser: Browser, served: Server, page: Page
+) -> None:
+    # The admin makes the researcher's token on the admin page; it is shown once.
+    page.goto("/ui/admin")
+    page.get_by_label("Name", exact=True).fill("researcher")
+    page.get_by_label("Role", exact=True).select_option("deid-reader")
+    page.get_by_role("button", name="Create token").click()
+    token = page.locator("#new-token-value").inner_text()
+    expect(page.locator("#token-table")).to_contain_text("researcher")
+    screenshot(page, "admin-token-created")
+    page, errors = new_page(browser, served)  # the researcher, in a browser of their own
+    try:
+        page.goto("/ui/login")
+        page.get_by_label("Token").fill("dft_0000000000000000_" + "x" * 43)
+        page.get_by_role("button", name="Log in").click()
+        expect(page.locator("#login-error")).to_contain_text("not valid")
+        log_in(page, token, "/ui/dashboard")
+        expect(page.locator("#user-menu")).to_contain_text("researcher")
+        cookie = next(c for c in page.context.cookies() if c["name"] == "dicomflow_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert token not in cookie["value"]
+        page.goto("/")
+        expect(page.locator("#namespace-banner")).to_contain_text("De-identified data")
+        expect(page.locator("#results")).to_contain_text(f"{PATIENTS} studies")
+        expect(page.locator("#results")).not_to_contain_text("DOE, JOHN0")
+        expect(page.locator("#ns-switch")).to_have_count(0)
+        expect(page.get_by_role("link", name="Admin")).to_have_count(0)
+        screenshot(page, "search-deid-reader")
+        denied = page.goto("/?namespace=original")
+        assert denied is not None and denied.status == 403
+        expect(page.locator("main")).to_contain_text("phi-reader")
+        assert page.goto("/ui/admin").status == 403  # type: ignore[union-attr]
+        page.goto("/")
+        page.get_by_role("button", name="Log out").click()
+        expect(page).to_have_url(re.compile("/ui/login"))
+        page.goto("/ui/dashboard")
+        expect(page).to_have_url(re.compile(r"/ui/login\?next=%2Fui%2Fdashboard"))
+    finally:
+        page.context.close()
+    assert not errors, f"JavaScript errors: {errors}"
+
+
+def test_ui_changes_from_another_site_are_refused(page: Page, served: Server) -> None:
+    """The session cookie is SameSite=Strict; a forged POST is refused on its Origin too."""
+    form = {"ae_title": "EVIL", "host": "203.0.113.9", "port": "104"}
+    for headers in ({"Origin": "http://evil.example"}, {"Referer": "http://evil.example/x"}, {}):
+        forged = page.request.post("/ui/fragments/destinations", form=form, headers=headers)
+        assert forged.status == 403, (headers, forged.status)
+    destinations = served.http.get("/api/admin/destinations").json()["destinations"]
+    assert "EVIL" not in [d["ae_title"] for d in destinations]
+    origin = f"http://127.0.0.1:{served.http_port}"
+    same_site = page.request.post(
+        "/ui/fragments/destinations", form=form, headers={"Origin": origin, "HX-Request": "true"}
+    )
+    assert same_site.status == 200
+    assert served.http.delete("/api/admin/destinations/EVIL").status_code == 204

@@ -1,11 +1,14 @@
 """The FastAPI application factory."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
 from dicomflow import __version__
+from dicomflow.api.auth import OPEN_PATHS
+from dicomflow.api.authn import Authenticator, check_auth_settings
 from dicomflow.api.deps import AppState
 from dicomflow.api.problems import install_problem_handlers
 from dicomflow.api.routes import (
@@ -17,6 +20,7 @@ from dicomflow.api.routes import (
     search,
     status,
     stow,
+    tokens,
     ui,
 )
 from dicomflow.indexer import open_index
@@ -27,6 +31,7 @@ from dicomflow.kernel.settings import Settings
 
 
 def create_app(settings: Settings) -> FastAPI:
+    check_auth_settings(settings)
     bus = open_bus(settings)
     state = AppState(
         settings=settings,
@@ -51,12 +56,14 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.dicomflow = state
-    install_problem_handlers(app)
+    app.state.dicomflow_auth = Authenticator(settings, state.blobs)
+    install_problem_handlers(app, ui.auth_error_page)
     app.include_router(status.router)
     app.include_router(search.router)
     app.include_router(stow.router)
     app.include_router(admin.router)
     app.include_router(audit.router)
+    app.include_router(tokens.router)
     app.include_router(operations.router)
     app.include_router(downloads.router)
     app.include_router(ui.router)
@@ -65,4 +72,30 @@ def create_app(settings: Settings) -> FastAPI:
         dicomweb.build_router(Namespace.DEIDENTIFIED), prefix="/dicomweb/deidentified"
     )
     app.include_router(dicomweb.build_router(Namespace.ORIGINAL), prefix="/dicomweb")
+    app.openapi = _with_bearer_security(app)  # type: ignore[method-assign]
     return app
+
+
+def _with_bearer_security(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The OpenAPI schema saying that every operation but /healthz takes a bearer token (so
+    that /docs has an Authorize button)."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = plain()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API token (dicomflow token create) or an OpenID "
+                    "Connect access token; see docs/security.md",
+                }
+            }
+            for path, operations in schema["paths"].items():
+                for operation in operations.values():
+                    if path not in OPEN_PATHS:
+                        operation["security"] = [{"bearer": []}]
+        return app.openapi_schema or {}
+
+    return openapi

@@ -1,8 +1,12 @@
 """Errors as HTTP problem documents (RFC 9457) with a reason a person can act on."""
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from collections.abc import Callable
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from dicomflow.api.auth import BadNamespace
+from dicomflow.api.authn import Forbidden, NotAuthenticated
 from dicomflow.indexer.exceptions import InvalidQuery, SearchTimeout
 from dicomflow.ingest.exceptions import IngestError
 from dicomflow.kernel.exceptions import BackendUnavailable, InvalidUID
@@ -16,7 +20,42 @@ def problem(status: int, title: str, detail: str) -> JSONResponse:
     )
 
 
-def install_problem_handlers(app: FastAPI) -> None:
+UiErrorPage = Callable[[Request, int, str], Response | None]
+
+
+def is_ui_request(request: Request) -> bool:
+    """Whether the request is for a page or fragment of the web UI (not the API)."""
+    path = request.url.path
+    return path == "/" or path.startswith("/ui/")
+
+
+def install_problem_handlers(app: FastAPI, ui_error_page: UiErrorPage | None = None) -> None:
+    """Problem documents for the API; `ui_error_page` answers UI requests (None: a problem)."""
+
+    def _ui_or_problem(
+        request: Request, status: int, title: str, detail: str, headers: dict[str, str]
+    ) -> Response:
+        if ui_error_page is not None and is_ui_request(request):
+            page = ui_error_page(request, status, detail)
+            if page is not None:
+                return page
+        response = problem(status, title, detail)
+        response.headers.update(headers)
+        return response
+
+    @app.exception_handler(NotAuthenticated)
+    async def _unauthenticated(request: Request, exc: NotAuthenticated) -> Response:
+        headers = {"WWW-Authenticate": 'Bearer realm="dicomflow"'}
+        return _ui_or_problem(request, 401, "Authentication required", str(exc), headers)
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden) -> Response:
+        return _ui_or_problem(request, 403, "Forbidden", str(exc), {})
+
+    @app.exception_handler(BadNamespace)
+    async def _bad_namespace(request: Request, exc: BadNamespace) -> Response:
+        return _ui_or_problem(request, 400, "Unknown namespace", str(exc), {})
+
     @app.exception_handler(InvalidQuery)
     async def _invalid_query(request: Request, exc: InvalidQuery) -> JSONResponse:
         return problem(400, "Invalid query", str(exc))

@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -57,9 +58,12 @@ def port_open(port: int) -> bool:
 class HttpClient:
     """A keep-alive HTTP/1.1 client on loopback (stdlib only), for timed requests."""
 
-    def __init__(self, port: int, timeout: float = 60) -> None:
+    def __init__(
+        self, port: int, timeout: float = 60, headers: dict[str, str] | None = None
+    ) -> None:
         self.port = port
         self.timeout = timeout
+        self.headers = headers or {}
         self._conn: http.client.HTTPConnection | None = None
 
     def get(self, path: str) -> tuple[int, bytes]:
@@ -69,7 +73,7 @@ class HttpClient:
                     "127.0.0.1", self.port, timeout=self.timeout
                 )
             try:
-                self._conn.request("GET", path)
+                self._conn.request("GET", path, headers=self.headers)
                 response = self._conn.getresponse()
                 return response.status, response.read()
             except (OSError, http.client.HTTPException):
@@ -202,6 +206,8 @@ def dicomflow_env(
         DICOMFLOW_DEID_SECRET="bench-secret-" + "x" * 24,
         DICOMFLOW_PLUGINS="-",
         DICOMFLOW_LOG_LEVEL="WARNING",
+        # The bench queries with an admin token, as automation does (auth stays on).
+        DICOMFLOW_ADMIN_TOKEN=secrets.token_urlsafe(32),
         PYTHONUNBUFFERED="1",
     )
     for key, value in overrides.items():
@@ -243,8 +249,9 @@ class DicomflowServer(Receiver):
         self.overrides = overrides
         self.roles = roles
         self.env = dicomflow_env(self.data_dir, self.port, self.http_port, overrides)
+        self.http_headers = {"Authorization": f"Bearer {self.env['DICOMFLOW_ADMIN_TOKEN']}"}
         self.extra: list[subprocess.Popen[bytes]] = []
-        self.http = HttpClient(self.http_port)
+        self.http = HttpClient(self.http_port, headers=self.http_headers)
         self._bus: Any = None
         self._lag_groups: list[tuple[str, list[str]]] | None = None
 

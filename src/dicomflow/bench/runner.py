@@ -512,7 +512,7 @@ class Bench:
             for kind in QUERY_KINDS
         ]
         rng.shuffle(plan)
-        http = HttpClient(server.http_port)
+        http = HttpClient(server.http_port, headers=server.http_headers)
         out: dict[str, Any] = {}
         qido: dict[str, list[float]] = {kind: [] for kind in QUERY_KINDS}
         finds: dict[str, dict[str, list[float]]] = {}
@@ -582,7 +582,9 @@ class Bench:
 
     def _ui(self, server: DicomflowServer, studies: int, size: int) -> dict[str, Any]:
         pages = ui_pages(server.http, studies, seed=size)
-        figures = measure_ui(server.http_port, pages, self.options.ui_rounds)
+        figures = measure_ui(
+            server.http_port, pages, self.options.ui_rounds, headers=server.http_headers
+        )
         slowest = {
             how: max(
                 (s["p95_s"] for s in figures[how].values() if s.get("p95_s") is not None),
@@ -732,7 +734,7 @@ class SearchableTracker:
 
     def __init__(self, server: DicomflowServer) -> None:
         self.server = server
-        self.http = HttpClient(server.http_port)
+        self.http = HttpClient(server.http_port, headers=server.http_headers)
         self._topic = "dicomflow.received"
         self._offset = server.bus().topic_sizes().get(self._topic, 0)
         self._pending: OrderedDict[tuple[str, str], dict[str, float]] = OrderedDict()
@@ -820,7 +822,7 @@ class LagCurve:
     """Samples /api/status twice a second: the pipeline lag over time."""
 
     def __init__(self, server: DicomflowServer, interval: float = 0.5) -> None:
-        self.http = HttpClient(server.http_port)
+        self.http = HttpClient(server.http_port, headers=server.http_headers)
         self.interval = interval
         self.samples: list[dict[str, Any]] = []
         self.marks: dict[str, float] = {}

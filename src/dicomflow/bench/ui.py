@@ -96,7 +96,7 @@ def measure_ui(
     port: int, pages: list[UiPage], rounds: int, headers: dict[str, str] | None = None
 ) -> dict[str, Any]:
     """Server and browser load times of every page: {"server": {...}, "browser": {...}}."""
-    http = HttpClient(port)
+    http = HttpClient(port, headers=headers)
     try:
         out: dict[str, Any] = {"server": _sampled(pages, rounds, lambda p: _server_load(http, p))}
     finally:

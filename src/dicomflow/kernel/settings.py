@@ -187,6 +187,46 @@ class Settings(BaseSettings):
         description="Most audit records one audit search reads back from the end of the audit "
         "topic (older ones are for the system the topic is exported to).",
     )
+    http_auth: bool = Field(
+        True,
+        description="Require authentication on every HTTP route but /healthz. false opens the "
+        "API to anyone and is refused unless DICOMFLOW_DEV_MODE=true.",
+    )
+    admin_token: SecretStr = Field(
+        SecretStr(""),
+        description="An API token with the admin role, for automation "
+        "(Authorization: Bearer <token>); unset, `dicomflow serve` creates one on first start.",
+    )
+    http_session_hours: float = Field(
+        8.0, gt=0, description="Lifetime of a web UI login session (hours)."
+    )
+    oidc_issuer: str = Field(
+        "",
+        description="OpenID Connect issuer URL whose bearer tokens (JWT) are accepted; empty "
+        "= OIDC off.",
+    )
+    oidc_audience: str = Field(
+        "", description="Audience (aud) that OIDC tokens must carry, e.g. the client id."
+    )
+    oidc_jwks_url: str = Field(
+        "",
+        description="JWKS URL of the issuer (empty = from "
+        "<issuer>/.well-known/openid-configuration).",
+    )
+    oidc_roles_claim: str = Field(
+        "roles",
+        description="Claim holding the user's roles; a dotted path reaches into objects "
+        "(realm_access.roles).",
+    )
+    oidc_role_map: str = Field(
+        "",
+        description="Comma-separated claim-value=role pairs (role: deid-reader, phi-reader, "
+        "uploader, admin); empty = claim values are dicomflow role names.",
+    )
+    oidc_user_claim: str = Field(
+        "preferred_username",
+        description="Claim naming the user in the audit trail (falls back to sub).",
+    )
 
     processors: str = Field(
         "", description="Comma-separated allowlist of processors to run (empty = all installed)."

@@ -6,14 +6,15 @@ Destinations from ``DICOMFLOW_DESTINATIONS`` are listed but read-only; the other
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel
 
+from dicomflow.api.auth import AdminDep, admin, audit_change
 from dicomflow.api.deps import SettingsDep
 from dicomflow.api.destinations import Destination, DestinationRegistry, DestinationSource
 from dicomflow.api.exceptions import DestinationConflict, InvalidDestination
 
-router = APIRouter(prefix="/api/admin", tags=["administration"])
+router = APIRouter(prefix="/api/admin", tags=["administration"], dependencies=[admin])
 
 
 def get_destinations(settings: SettingsDep) -> DestinationRegistry:
@@ -48,11 +49,16 @@ def list_destinations(registry: DestinationsDep) -> DestinationsPublic:
 
 
 @router.post("/destinations", status_code=201, summary="Add a C-MOVE destination")
-def add_destination(destination: Destination, registry: DestinationsDep) -> DestinationPublic:
+def add_destination(
+    destination: Destination, registry: DestinationsDep, request: Request, principal: AdminDep
+) -> DestinationPublic:
     try:
         added = registry.add(destination)
     except DestinationConflict as exc:
         raise HTTPException(409, str(exc)) from exc
+    audit_change(
+        request, principal, f"added destination {added.ae_title}@{added.host}:{added.port}"
+    )
     return _public(added, DestinationSource.FILE)
 
 
@@ -62,11 +68,14 @@ def add_destination(destination: Destination, registry: DestinationsDep) -> Dest
     response_class=Response,
     summary="Remove a C-MOVE destination",
 )
-def remove_destination(ae_title: str, registry: DestinationsDep) -> Response:
+def remove_destination(
+    ae_title: str, registry: DestinationsDep, request: Request, principal: AdminDep
+) -> Response:
     try:
         removed = registry.remove(ae_title)
     except DestinationConflict as exc:
         raise HTTPException(409, str(exc)) from exc
     if not removed:
         raise HTTPException(404, f"no destination {ae_title[:16]!r}")
+    audit_change(request, principal, f"removed destination {ae_title}")
     return Response(status_code=204)

@@ -5,10 +5,11 @@ from datetime import datetime
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from dicomflow.api.auth import admin
 from dicomflow.api.deps import AuditDep
 from dicomflow.kernel.audit import AuditAction, AuditEvent
 
-router = APIRouter(prefix="/api/admin", tags=["administration"])
+router = APIRouter(prefix="/api/admin", tags=["administration"], dependencies=[admin])
 
 MAX_AUDIT_PAGE = 1000
 

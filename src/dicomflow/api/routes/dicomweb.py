@@ -17,12 +17,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dicomflow.api import rendering
+from dicomflow.api.auth import ReadsNamespace, reader
 from dicomflow.api.deps import BlobsDep, IndexDep
 from dicomflow.api.exceptions import NotAcceptable, PixelDataError
 from dicomflow.api.rendering import OCTET_STREAM, FrameNotFound, RenderParameterError
@@ -479,7 +480,11 @@ AcceptParam = Annotated[
 
 
 def build_router(namespace: Namespace) -> APIRouter:
-    router = APIRouter(tags=[f"DICOMweb ({namespace})"])
+    # Every route reads `namespace`: the caller needs a reader role that may read it.
+    router = APIRouter(
+        tags=[f"DICOMweb ({namespace})"],
+        dependencies=[reader, Depends(ReadsNamespace(namespace))],
+    )
 
     # QIDO-RS
 

@@ -9,11 +9,12 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 
+from dicomflow.api.auth import ViewNamespace, reader
 from dicomflow.api.deps import BlobsDep, IndexDep
 from dicomflow.api.ui import formatting as fmt
 from dicomflow.api.ui.searching import SearchForm
@@ -23,15 +24,10 @@ from dicomflow.kernel.events import Namespace
 from dicomflow.kernel.exceptions import BlobNotFound
 from dicomflow.kernel.uids import validate_uid
 
-router = APIRouter(tags=["downloads"])
+router = APIRouter(tags=["downloads"], dependencies=[reader])
 
 MAX_EXPORT_ROWS = 10_000
 EXPORT_PAGE = 1_000
-
-NamespaceParam = Annotated[
-    str,
-    Query(description="original (default) or deidentified: the copy to download."),
-]
 
 EXPORT_COLUMNS: dict[Level, tuple[str, ...]] = {
     Level.STUDY: (
@@ -68,13 +64,6 @@ EXPORT_COLUMNS: dict[Level, tuple[str, ...]] = {
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _namespace(value: str) -> Namespace:
-    try:
-        return fmt.view_namespace(value)
-    except ValueError as exc:
-        raise HTTPException(400, str(exc)) from exc
-
-
 def _records(
     index: StudyIndex, namespace: Namespace, study: str, series: str | None = None
 ) -> list[InstanceRecord]:
@@ -104,9 +93,9 @@ def _zip_response(blobs: BlobsDep, records: list[InstanceRecord], name: str) -> 
     response_class=StreamingResponse,
 )
 def download_study(
-    study: str, index: IndexDep, blobs: BlobsDep, namespace: NamespaceParam = "original"
+    study: str, index: IndexDep, blobs: BlobsDep, namespace: ViewNamespace
 ) -> StreamingResponse:
-    return _zip_response(blobs, _records(index, _namespace(namespace), study), study)
+    return _zip_response(blobs, _records(index, namespace, study), study)
 
 
 @router.get(
@@ -119,9 +108,9 @@ def download_series(
     series: str,
     index: IndexDep,
     blobs: BlobsDep,
-    namespace: NamespaceParam = "original",
+    namespace: ViewNamespace,
 ) -> StreamingResponse:
-    return _zip_response(blobs, _records(index, _namespace(namespace), study, series), series)
+    return _zip_response(blobs, _records(index, namespace, study, series), series)
 
 
 @router.get(
@@ -135,9 +124,9 @@ def download_instance(
     instance: str,
     index: IndexDep,
     blobs: BlobsDep,
-    namespace: NamespaceParam = "original",
+    namespace: ViewNamespace,
 ) -> Response:
-    ns = _namespace(namespace)
+    ns = namespace
     record = index.get_instance(ns, validate_uid(instance, "SOPInstanceUID"))
     if record is None or record.study_uid != study or record.series_uid != series:
         raise HTTPException(404, f"no instance {instance} in series {series} ({ns})")
@@ -161,11 +150,8 @@ def _export_level(level: str) -> Level:
     return Level(level)
 
 
-def _form(request: Request) -> SearchForm:
-    try:
-        return SearchForm.from_params(request.query_params)
-    except ValueError as exc:
-        raise HTTPException(400, str(exc)) from exc
+def _form(request: Request, namespace: Namespace) -> SearchForm:
+    return SearchForm.from_params(request.query_params, namespace)
 
 
 def _page_request(form: SearchForm, level: Level, offset: int) -> SearchRequest:
@@ -227,13 +213,15 @@ def _export_headers(total: int, form: SearchForm, suffix: str) -> dict[str, str]
     summary="Export a search's result list as CSV (the search page's parameters)",
     response_class=StreamingResponse,
 )
-def export_csv(request: Request, index: IndexDep, level: str = "study") -> StreamingResponse:
+def export_csv(
+    request: Request, index: IndexDep, namespace: ViewNamespace, level: str = "study"
+) -> StreamingResponse:
     """One row per study (or series), the columns of EXPORT_COLUMNS, at most 10,000 rows.
 
     Takes the parameters of the search page: ``q`` (Lucene-style), the field filters, ``sort``
     and ``namespace``. Multiple values are joined with a backslash, as in DICOM.
     """
-    form, chosen = _form(request), _export_level(level)
+    form, chosen = _form(request, namespace), _export_level(level)
     columns = EXPORT_COLUMNS[chosen]
     total, rows = export_rows(index, form, chosen)
 
@@ -259,10 +247,12 @@ def export_csv(request: Request, index: IndexDep, level: str = "study") -> Strea
     summary="Export a search's result list as JSON (the search page's parameters)",
     response_class=StreamingResponse,
 )
-def export_json(request: Request, index: IndexDep, level: str = "study") -> StreamingResponse:
+def export_json(
+    request: Request, index: IndexDep, namespace: ViewNamespace, level: str = "study"
+) -> StreamingResponse:
     """``{"total", "query", "namespace", "level", "results": [...]}``, results as /api/search
     gives them (keyword: value), at most 10,000."""
-    form, chosen = _form(request), _export_level(level)
+    form, chosen = _form(request, namespace), _export_level(level)
     total, rows = export_rows(index, form, chosen)
     head = {
         "total": total,

@@ -5,13 +5,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from dicomflow.api.auth import ViewNamespace, reader
 from dicomflow.api.deps import IndexDep, SettingsDep
 from dicomflow.indexer.base import MAX_LIMIT, Level, SearchRequest, flatten
 from dicomflow.indexer.deadline import search_within
 from dicomflow.indexer.query import parse_lucene
 from dicomflow.kernel.events import Namespace
 
-router = APIRouter(tags=["search"])
+router = APIRouter(tags=["search"], dependencies=[reader])
 
 
 class SearchResultsPublic(BaseModel):
@@ -26,6 +27,7 @@ class SearchResultsPublic(BaseModel):
 @router.get("/api/search", summary="Search with Lucene-style syntax", response_model=None)
 def search(
     index: IndexDep,
+    namespace: ViewNamespace,
     settings: SettingsDep,
     q: Annotated[
         str,
@@ -36,7 +38,6 @@ def search(
         ),
     ] = "",
     level: Level = Level.STUDY,
-    namespace: Namespace = Namespace.ORIGINAL,
     limit: Annotated[int, Query(ge=0, le=MAX_LIMIT)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> SearchResultsPublic:

@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from dicomflow.api import deadletters
+from dicomflow.api.auth import admin, any_role
 from dicomflow.api.deps import BusDep, IndexDep, SettingsDep
 from dicomflow.kernel.events import DeadLetter, Namespace, Topic, decode_event
 from dicomflow.processors.plugins import plugin_manager, processor_classes, select
@@ -48,12 +49,16 @@ class DeadLetterPublic(BaseModel):
     payload_bytes: int
 
 
-@router.get("/healthz", summary="Liveness")
+@router.get("/healthz", summary="Liveness (the one route open without credentials)")
 def healthz() -> HealthPublic:
     return HealthPublic(status="ok")
 
 
-@router.get("/api/status", summary="Pipeline status: topic sizes, lag, dead letters, counts")
+@router.get(
+    "/api/status",
+    summary="Pipeline status: topic sizes, lag, dead letters, counts",
+    dependencies=[any_role],
+)
 def pipeline_status(settings: SettingsDep, bus: BusDep, index: IndexDep) -> PipelineStatusPublic:
     classes = select(processor_classes(plugin_manager(settings.plugins)), settings.processors)
     sizes = bus.topic_sizes()
@@ -78,7 +83,11 @@ def pipeline_status(settings: SettingsDep, bus: BusDep, index: IndexDep) -> Pipe
     )
 
 
-@router.get("/api/deadletters", summary="Dead-lettered events with their reasons")
+@router.get(
+    "/api/deadletters",
+    summary="Dead-lettered events with their reasons",
+    dependencies=[admin],
+)
 def dead_letters(bus: BusDep, offset: int = 0, limit: int = 100) -> list[DeadLetterPublic]:
     # One reading of a dead letter for the API and the dashboard: deadletters.view.
     out = [
@@ -90,6 +99,6 @@ def dead_letters(bus: BusDep, offset: int = 0, limit: int = 100) -> list[DeadLet
     return out
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_model=None)
+@router.get("/metrics", summary="Prometheus metrics", response_model=None, dependencies=[any_role])
 def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

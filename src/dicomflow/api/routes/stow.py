@@ -7,6 +7,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from dicomflow.api.auth import uploader
 from dicomflow.api.deps import StateDep
 from dicomflow.api.routes.dicomweb import base_url
 from dicomflow.ingest.exceptions import (
@@ -19,7 +20,7 @@ from dicomflow.ingest.receiver import identity_of_file_bytes
 from dicomflow.kernel.events import Source, SourceKind
 from dicomflow.kernel.uids import validate_uid
 
-router = APIRouter(tags=["DICOMweb (original)"])
+router = APIRouter(tags=["DICOMweb (original)"], dependencies=[uploader])
 
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 _TYPE = re.compile(r'type="?([^";]+)"?', re.IGNORECASE)

@@ -1,8 +1,10 @@
 """The web UI's pages and htmx fragments (docs/ui.md).
 
 Pages: ``/`` (search), ``/ui/studies/{study}``, ``/ui/viewer/{study}/{series}``,
-``/ui/tags/{study}/{series}/{instance}``, ``/ui/dashboard``, ``/ui/admin``. Every page takes
-``namespace`` (``original``, the default, or ``deidentified``) and carries it in its links.
+``/ui/tags/{study}/{series}/{instance}``, ``/ui/dashboard``, ``/ui/admin``, ``/ui/login``. Every
+page takes ``namespace`` (``original`` or ``deidentified``; api.auth decides which the user may
+see and the default) and carries it in its links. Pages need a login (docs/security.md): the
+login page turns a token into a session cookie; the admin pages need the admin role.
 Fragments (``/ui/fragments/...``) are the parts that htmx refreshes or replaces; each also
 works as a plain link or form target, so that the pages stay usable without JavaScript.
 """
@@ -18,16 +20,35 @@ from fastapi.templating import Jinja2Templates
 
 from dicomflow import __version__
 from dicomflow.api import deadletters
+from dicomflow.api.auth import (
+    SAFE_METHODS,
+    AdminDep,
+    PrincipalDep,
+    ViewNamespace,
+    admin,
+    any_role,
+    audit_change,
+    audit_http,
+    authenticator_of,
+    check_csrf,
+    optional_principal,
+    parse_namespace,
+    reader,
+)
+from dicomflow.api.authn import SESSION_COOKIE, Forbidden, NotAuthenticated
 from dicomflow.api.deps import BusDep, IndexDep, SettingsDep
 from dicomflow.api.destinations import Destination, DestinationRegistry, DestinationSource
 from dicomflow.api.exceptions import DestinationConflict, InvalidDestination
+from dicomflow.api.principals import Principal, Role
 from dicomflow.api.reindex import ReindexRunning
 from dicomflow.api.routes.dicomweb import with_bulk_data_uris
 from dicomflow.api.services import Services, ServicesDep, services_lifespan
+from dicomflow.api.tokens import InvalidTokenRequest
 from dicomflow.api.ui import STATIC_DIR, TEMPLATES_DIR, browse, charts, searching
 from dicomflow.api.ui import formatting as fmt
 from dicomflow.api.ui.tags import tag_rows
 from dicomflow.indexer.exceptions import InvalidQuery
+from dicomflow.kernel.audit import AuditAction, AuditOutcome
 from dicomflow.kernel.events import Namespace
 from dicomflow.kernel.exceptions import BackendUnavailable
 from dicomflow.kernel.uids import is_valid_uid
@@ -110,21 +131,34 @@ def render(
     keep_path: bool = True,
     **context: Any,
 ) -> HTMLResponse:
+    user: Principal | None = getattr(request.state, "principal", None)
     context.update(
         namespace=namespace,
         link=Links(namespace),
         switch=_switch_targets(request, keep_path),
         static=STATIC_PATH,
+        user=user,
+        # The namespace switch is for those who may read both namespaces.
+        show_switch=user is not None and user.sees_phi,
+        show_admin=user is not None and user.is_admin,
     )
     return templates.TemplateResponse(request, template, context, status_code=status)
 
 
 def _namespace(request: Request) -> Namespace:
-    """The namespace asked for; an unknown one falls back to original (the banner says which)."""
+    """The namespace of the page: the one api.auth.resolve_namespace granted on the pages that
+    show data; on the others (dashboard, admin) the one asked for if the user may read it,
+    else the user's default (only the banner and links depend on it there)."""
+    granted: Namespace | None = getattr(request.state, "namespace", None)
+    if granted is not None:
+        return granted
+    user: Principal | None = getattr(request.state, "principal", None)
+    default = user.default_namespace if user is not None else Namespace.DEIDENTIFIED
     try:
-        return fmt.view_namespace(request.query_params.get("namespace"))
+        asked = parse_namespace(request.query_params.get("namespace"))
     except ValueError:
-        return Namespace.ORIGINAL
+        return default
+    return asked if asked is not None and user is not None and user.may_read(asked) else default
 
 
 def _error(
@@ -142,12 +176,9 @@ def _is_htmx(request: Request) -> bool:
 # --- search ---------------------------------------------------------------------------------
 
 
-@router.get("/", response_class=HTMLResponse)
-def search_page(request: Request, index: IndexDep) -> HTMLResponse:
-    try:
-        form = searching.SearchForm.from_params(request.query_params)
-    except ValueError as exc:
-        return _error(request, Namespace.ORIGINAL, 400, "Unknown namespace", str(exc))
+@router.get("/", response_class=HTMLResponse, dependencies=[reader])
+def search_page(request: Request, index: IndexDep, namespace: ViewNamespace) -> HTMLResponse:
+    form = searching.SearchForm.from_params(request.query_params, namespace)
     error = ""
     page: searching.SearchPage | None = None
     status = 200
@@ -176,9 +207,10 @@ def search_page(request: Request, index: IndexDep) -> HTMLResponse:
 # --- study, series, viewer, tags ------------------------------------------------------------
 
 
-@router.get("/ui/studies/{study}", response_class=HTMLResponse)
-def study_page(study: str, request: Request, index: IndexDep) -> HTMLResponse:
-    namespace = _namespace(request)
+@router.get("/ui/studies/{study}", response_class=HTMLResponse, dependencies=[reader])
+def study_page(
+    study: str, request: Request, index: IndexDep, namespace: ViewNamespace
+) -> HTMLResponse:
     if not is_valid_uid(study):
         return _error(request, namespace, 400, "Invalid UID", f"{study[:80]!r} is not a UID")
     detail = browse.study_detail(index, namespace, study)
@@ -211,11 +243,19 @@ def study_page(study: str, request: Request, index: IndexDep) -> HTMLResponse:
     )
 
 
-@router.get("/ui/studies/{study}/series/{series}/instances", response_class=HTMLResponse)
+@router.get(
+    "/ui/studies/{study}/series/{series}/instances",
+    response_class=HTMLResponse,
+    dependencies=[reader],
+)
 def instances_fragment(
-    study: str, series: str, request: Request, index: IndexDep, offset: int = 0
+    study: str,
+    series: str,
+    request: Request,
+    index: IndexDep,
+    namespace: ViewNamespace,
+    offset: int = 0,
 ) -> Response:
-    namespace = _namespace(request)
     if not (is_valid_uid(study) and is_valid_uid(series)):
         return _error(request, namespace, 400, "Invalid UID", "study or series UID is not a UID")
     offset = max(0, min(offset, 10**7))
@@ -240,9 +280,10 @@ def instances_fragment(
     )
 
 
-@router.get("/ui/viewer/{study}/{series}", response_class=HTMLResponse)
-def viewer_page(study: str, series: str, request: Request, index: IndexDep) -> HTMLResponse:
-    namespace = _namespace(request)
+@router.get("/ui/viewer/{study}/{series}", response_class=HTMLResponse, dependencies=[reader])
+def viewer_page(
+    study: str, series: str, request: Request, index: IndexDep, namespace: ViewNamespace
+) -> HTMLResponse:
     if not (is_valid_uid(study) and is_valid_uid(series)):
         return _error(request, namespace, 400, "Invalid UID", "study or series UID is not a UID")
     info = browse.series_info(index, namespace, study, series)
@@ -288,11 +329,17 @@ def viewer_page(study: str, series: str, request: Request, index: IndexDep) -> H
     )
 
 
-@router.get("/ui/tags/{study}/{series}/{instance}", response_class=HTMLResponse)
+@router.get(
+    "/ui/tags/{study}/{series}/{instance}", response_class=HTMLResponse, dependencies=[reader]
+)
 def tags_page(
-    study: str, series: str, instance: str, request: Request, index: IndexDep
+    study: str,
+    series: str,
+    instance: str,
+    request: Request,
+    index: IndexDep,
+    namespace: ViewNamespace,
 ) -> HTMLResponse:
-    namespace = _namespace(request)
     if not all(is_valid_uid(uid) for uid in (study, series, instance)):
         return _error(request, namespace, 400, "Invalid UID", "a UID of the path is not a UID")
     record = index.get_instance(namespace, instance)
@@ -322,7 +369,7 @@ def tags_page(
 # --- dashboard ------------------------------------------------------------------------------
 
 
-@router.get("/ui/dashboard", response_class=HTMLResponse)
+@router.get("/ui/dashboard", response_class=HTMLResponse, dependencies=[any_role])
 def dashboard_page(request: Request, services: ServicesDep) -> HTMLResponse:
     services.dashboard.follower.start()
     return render(request, "dashboard.html", _namespace(request), nav="dashboard")
@@ -339,7 +386,7 @@ def _processor_rows(services: Services, bus: BusDep) -> list[dict[str, Any]]:
     return rows
 
 
-@router.get("/ui/fragments/dashboard/live", response_class=HTMLResponse)
+@router.get("/ui/fragments/dashboard/live", response_class=HTMLResponse, dependencies=[any_role])
 def dashboard_live(
     request: Request, services: ServicesDep, bus: BusDep, index: IndexDep
 ) -> HTMLResponse:
@@ -365,7 +412,7 @@ def dashboard_live(
     )
 
 
-@router.get("/ui/fragments/dashboard/charts", response_class=HTMLResponse)
+@router.get("/ui/fragments/dashboard/charts", response_class=HTMLResponse, dependencies=[any_role])
 def dashboard_charts(request: Request, services: ServicesDep, index: IndexDep) -> HTMLResponse:
     namespace = _namespace(request)
     figures = services.dashboard.index_figures.get(index, namespace)
@@ -379,7 +426,7 @@ def dashboard_charts(request: Request, services: ServicesDep, index: IndexDep) -
     )
 
 
-@router.get("/ui/fragments/deadletters", response_class=HTMLResponse)
+@router.get("/ui/fragments/deadletters", response_class=HTMLResponse, dependencies=[admin])
 def dead_letters_fragment(request: Request, bus: BusDep, before: int | None = None) -> HTMLResponse:
     letters = deadletters.latest(bus, 50, before)
     return render(
@@ -393,10 +440,11 @@ def dead_letters_fragment(request: Request, bus: BusDep, before: int | None = No
 
 
 @router.post("/ui/fragments/deadletters/{offset}/retry", response_class=HTMLResponse)
-def retry_dead_letter(offset: int, request: Request, bus: BusDep) -> Response:
+def retry_dead_letter(offset: int, request: Request, bus: BusDep, user: AdminDep) -> Response:
     try:
         letter = deadletters.retry(bus, offset)
         message = f"Dead letter {offset} re-published to {letter.topic}."
+        audit_change(request, user, f"retried dead letter {offset} to {letter.topic}")
         status = 200
     except (deadletters.DeadLetterNotFound, deadletters.DeadLetterNotRetryable) as exc:
         message, status = str(exc), 409
@@ -416,14 +464,22 @@ def retry_dead_letter(offset: int, request: Request, bus: BusDep) -> Response:
 # --- admin ----------------------------------------------------------------------------------
 
 
-@router.get("/ui/admin", response_class=HTMLResponse)
+@router.get("/ui/admin", response_class=HTMLResponse, dependencies=[admin])
 def admin_page(request: Request, services: ServicesDep, settings: SettingsDep) -> HTMLResponse:
+    return _admin(request, services, settings)
+
+
+def _admin(
+    request: Request, services: Services, settings: SettingsDep, **tokens: str
+) -> HTMLResponse:
+    """The admin page; `tokens` tells the API tokens section what just happened."""
     return render(
         request,
         "admin.html",
         _namespace(request),
         nav="admin",
         **_destinations_context(settings),
+        **_tokens_context(request, **tokens),
         progress=services.reindexer.progress,
         namespaces=fmt.VIEW_NAMESPACES,
     )
@@ -448,6 +504,7 @@ def _destinations_context(
 def add_destination(
     request: Request,
     settings: SettingsDep,
+    user: AdminDep,
     ae_title: Annotated[str, Form()],
     host: Annotated[str, Form()],
     port: Annotated[str, Form()],
@@ -457,6 +514,11 @@ def add_destination(
         destination = Destination(ae_title=ae_title, host=host, port=int(port))
         DestinationRegistry(settings).add(destination)
         message = f"Added {destination.ae_title} ({destination.host}:{destination.port})."
+        audit_change(
+            request,
+            user,
+            f"added destination {destination.ae_title}@{destination.host}:{destination.port}",
+        )
     except ValueError as exc:  # pydantic's ValidationError and int() are ValueErrors
         error = _validation_message(exc)
     except (DestinationConflict, InvalidDestination) as exc:
@@ -482,11 +544,14 @@ def _validation_message(exc: ValueError) -> str:
 
 
 @router.post("/ui/fragments/destinations/{ae_title}/delete", response_class=HTMLResponse)
-def remove_destination(ae_title: str, request: Request, settings: SettingsDep) -> Response:
+def remove_destination(
+    ae_title: str, request: Request, settings: SettingsDep, user: AdminDep
+) -> Response:
     message = error = ""
     try:
         if DestinationRegistry(settings).remove(ae_title):
             message = f"Removed {ae_title}."
+            audit_change(request, user, f"removed destination {ae_title}")
         else:
             error = f"No destination {ae_title}."
     except (DestinationConflict, InvalidDestination) as exc:
@@ -501,7 +566,7 @@ def remove_destination(ae_title: str, request: Request, settings: SettingsDep) -
     )
 
 
-@router.get("/ui/fragments/processors", response_class=HTMLResponse)
+@router.get("/ui/fragments/processors", response_class=HTMLResponse, dependencies=[admin])
 def processors_fragment(request: Request, services: ServicesDep, bus: BusDep) -> HTMLResponse:
     try:
         rows = _processor_rows(services, bus)
@@ -512,7 +577,7 @@ def processors_fragment(request: Request, services: ServicesDep, bus: BusDep) ->
     return render(request, "_processors.html", _namespace(request), processors=rows)
 
 
-@router.get("/ui/fragments/reindex", response_class=HTMLResponse)
+@router.get("/ui/fragments/reindex", response_class=HTMLResponse, dependencies=[admin])
 def reindex_fragment(request: Request, services: ServicesDep) -> HTMLResponse:
     return render(
         request,
@@ -526,11 +591,15 @@ def reindex_fragment(request: Request, services: ServicesDep) -> HTMLResponse:
 
 @router.post("/ui/fragments/reindex", response_class=HTMLResponse)
 def start_reindex(
-    request: Request, services: ServicesDep, target: Annotated[str, Form()] = "original"
+    request: Request,
+    services: ServicesDep,
+    user: AdminDep,
+    target: Annotated[str, Form()] = "original",
 ) -> Response:
     error = ""
     try:
         services.reindexer.start(fmt.view_namespace(target))
+        audit_change(request, user, f"started a reindex of the {target} namespace")
     except (ValueError, ReindexRunning) as exc:
         error = str(exc)
     if not _is_htmx(request):
@@ -544,3 +613,159 @@ def start_reindex(
         namespaces=fmt.VIEW_NAMESPACES,
         error=error,
     )
+
+
+# --- API tokens -----------------------------------------------------------------------------
+
+
+def _tokens_context(
+    request: Request, message: str = "", error: str = "", created: str = "", created_name: str = ""
+) -> dict[str, Any]:
+    auth = authenticator_of(request)
+    return {
+        "tokens": auth.tokens.list(),
+        "roles": list(Role),
+        "env_admin": request.app.state.dicomflow.settings.admin_token.get_secret_value() != "",
+        "token_message": message,
+        "token_error": error,
+        "created": created,
+        "created_name": created_name,
+    }
+
+
+def _tokens_fragment(request: Request, status: int = 200, **context: str) -> Response:
+    if not _is_htmx(request):
+        return RedirectResponse("/ui/admin#tokens", status_code=303)
+    return render(
+        request,
+        "_tokens.html",
+        _namespace(request),
+        status=status,
+        **_tokens_context(request, **context),
+    )
+
+
+@router.post("/ui/fragments/tokens", response_class=HTMLResponse)
+def create_token(
+    request: Request,
+    user: AdminDep,
+    services: ServicesDep,
+    settings: SettingsDep,
+    name: Annotated[str, Form(max_length=200)],
+    role: Annotated[str, Form(max_length=40)],
+) -> Response:
+    try:
+        token, record = authenticator_of(request).tokens.create(name, [role])
+    except InvalidTokenRequest as exc:
+        return _tokens_fragment(request, 422, error=str(exc))
+    audit_change(request, user, f"created API token {record.id} ({record.name}): roles {role}")
+    if not _is_htmx(request):  # without JavaScript: the admin page, with the token shown once
+        return _admin(request, services, settings, created=token, created_name=record.name)
+    return _tokens_fragment(request, created=token, created_name=record.name)
+
+
+@router.post("/ui/fragments/tokens/{token_id}/revoke", response_class=HTMLResponse)
+def revoke_token(token_id: str, request: Request, user: AdminDep) -> Response:
+    if not authenticator_of(request).tokens.revoke(token_id):
+        return _tokens_fragment(request, 404, error=f"No token {token_id[:20]}.")
+    audit_change(request, user, f"revoked API token {token_id}")
+    return _tokens_fragment(request, message=f"Revoked token {token_id}.")
+
+
+# --- login, logout, authentication errors ---------------------------------------------------
+
+LOGIN_PATH = "/ui/login"
+
+
+def _local_path(target: str) -> str:
+    """`target` if it is a path of this site (no scheme, host or //), else /."""
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target[:2000]
+
+
+def _login_page(
+    request: Request, status: int = 200, error: str = "", next_path: str = "/"
+) -> HTMLResponse:
+    return templates.TemplateResponse(
+        request,
+        "login.html",
+        {"static": STATIC_PATH, "error": error, "next": _local_path(next_path)},
+        status_code=status,
+    )
+
+
+def auth_error_page(request: Request, status: int, detail: str) -> Response | None:
+    """The UI's answer to 401 (to the login page), 403 and 400 (an error page)."""
+    if status == 401:
+        target = LOGIN_PATH + "?" + urllib.parse.urlencode({"next": request.url.path})
+        if _is_htmx(request):  # a fragment's poll after the session ended: reload to log in
+            return Response(status_code=401, headers={"HX-Redirect": target})
+        if request.method not in SAFE_METHODS:
+            return None
+        return RedirectResponse(target, status_code=303)
+    title = "Not allowed" if status == 403 else "Unknown namespace"
+    return _error(request, _namespace(request), status, title, detail)
+
+
+@router.get(LOGIN_PATH, response_class=HTMLResponse)
+def login_page(request: Request, next: str = "/") -> Response:
+    if request.cookies.get(SESSION_COOKIE) and optional_principal(request) is not None:
+        return RedirectResponse(_local_path(next), status_code=303)
+    return _login_page(request, next_path=next)
+
+
+@router.post(LOGIN_PATH, response_class=HTMLResponse)
+def login(
+    request: Request,
+    token: Annotated[str, Form(max_length=10_000)],
+    next: Annotated[str, Form()] = "/",
+) -> Response:
+    """Check the pasted token and open a session: an HttpOnly, SameSite=Strict cookie."""
+    if request.headers.get("origin") or request.headers.get("referer"):
+        check_csrf(request)  # a login form posted from another site (login CSRF)
+    auth = authenticator_of(request)
+    try:
+        principal = auth.from_token(token.strip())
+    except NotAuthenticated as exc:
+        audit_http(
+            request,
+            AuditAction.LOGIN,
+            outcome=AuditOutcome.MINOR_FAILURE,
+            detail=f"UI login refused: {exc}",
+        )
+        return _login_page(request, 401, "This token is not valid.", next)
+    if not principal.roles:
+        audit_http(
+            request,
+            AuditAction.LOGIN,
+            principal=principal,
+            outcome=AuditOutcome.MINOR_FAILURE,
+            detail="UI login refused: no dicomflow role",
+        )
+        return _login_page(request, 403, "This token has no dicomflow role.", next)
+    session_id, expires = auth.open_session(principal)
+    audit_http(request, AuditAction.LOGIN, principal=principal, detail="UI login")
+    response = RedirectResponse(_local_path(next), status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        session_id,
+        expires=expires,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.post("/ui/logout")
+def logout(request: Request, user: PrincipalDep) -> Response:
+    """End the session (the cookie and its record)."""
+    if not user.via_session:
+        raise Forbidden("logout ends a UI session; this request has none")
+    session_id = request.cookies.get(SESSION_COOKIE, "")
+    authenticator_of(request).sessions.delete(session_id)
+    response = RedirectResponse(LOGIN_PATH, status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response

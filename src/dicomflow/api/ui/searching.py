@@ -126,8 +126,11 @@ class SearchForm:
     page_size: int = DEFAULT_PAGE_SIZE
 
     @classmethod
-    def from_params(cls, params: Mapping[str, str]) -> "SearchForm":
-        """The form of a query string; raises ValueError for a namespace it does not know.
+    def from_params(
+        cls, params: Mapping[str, str], namespace: Namespace | None = None
+    ) -> "SearchForm":
+        """The form of a query string, on `namespace` (the one api.auth.resolve_namespace
+        granted; None: the ``namespace`` parameter, and ValueError for one it does not know).
 
         Out-of-range pages, sizes and sorts fall back to their defaults (they come from
         links, and a bad link should still show results).
@@ -144,7 +147,7 @@ class SearchForm:
         sort = params.get("sort", DEFAULT_SORT)
         return cls(
             q=params.get("q", "").strip()[:4000],
-            namespace=fmt.view_namespace(params.get("namespace")),
+            namespace=namespace or fmt.view_namespace(params.get("namespace")),
             sort=sort if sort in SORTS else DEFAULT_SORT,
             page=page,
             page_size=page_size if page_size in PAGE_SIZES else DEFAULT_PAGE_SIZE,
