@@ -118,6 +118,7 @@ def build_pynetdicom(workdir: Path) -> OneInput:
     assoc = SimpleNamespace(
         requestor=SimpleNamespace(ae_title="FUZZSCU", address="127.0.0.1", port=4242),
         acceptor=SimpleNamespace(ae_title="DICOMFLOW"),
+        dimse=SimpleNamespace(),  # no size-limited receiver: nothing was dropped
     )
 
     def one(data: bytes) -> None:

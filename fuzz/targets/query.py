@@ -138,6 +138,9 @@ def seeds_qido() -> Iterator[bytes]:
     yield b"\x0e" + QIDO_EXAMPLES[0] + b"\n\n2.25.1\n2.25.2"
 
 
+_APP = SimpleNamespace(state=SimpleNamespace(dicomflow=SimpleNamespace(settings=Settings())))
+
+
 def _request(query_string: bytes, accept: bytes) -> Request:
     headers = [(b"accept", accept)] if accept else []
     return Request(
@@ -147,6 +150,8 @@ def _request(query_string: bytes, accept: bytes) -> Request:
             "path": "/dicomweb/studies",
             "query_string": query_string,
             "headers": headers,
+            # qido_search reads the query timeout from the app's settings.
+            "app": _APP,
         }
     )
 
