@@ -355,3 +355,18 @@ def test_the_openapi_schema_declares_the_bearer_scheme(app: FastAPI) -> None:
     assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert "security" not in schema["paths"]["/healthz"]["get"]
     assert schema["paths"]["/dicomweb/studies"]["get"]["security"] == [{"bearer": []}]
+
+
+def test_a_token_revoked_through_another_replica_is_not_brought_back(settings: Settings) -> None:
+    """Replica A still caches the record when B revokes it; A's last-use write must not
+    recreate it (found by the scale-out test)."""
+    blobs = open_blob_store(settings)
+    try:
+        first, second = TokenRegistry(blobs), TokenRegistry(blobs)
+        token, record = first.create("replicated", [Role.UPLOADER])
+        assert second.verify(token) is not None
+        assert second.revoke(record.id)
+        assert first.verify(token) is None
+        assert second.get(record.id) is None and first.list() == []
+    finally:
+        blobs.close()

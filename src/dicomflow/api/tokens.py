@@ -126,10 +126,12 @@ class _Records:
         self.blobs = blobs
         self._cache = _Cache()
 
-    def read(self, key: str) -> bytes | None:
-        hit, value = self._cache.get(key)
-        if hit:
-            return value
+    def read(self, key: str, fresh: bool = False) -> bytes | None:
+        """The record under `key` (None if absent); `fresh` bypasses the cache."""
+        if not fresh:
+            hit, value = self._cache.get(key)
+            if hit:
+                return value
         try:
             value = self.blobs.get(AUTH_NAMESPACE, key)
         except BlobNotFound:
@@ -166,10 +168,10 @@ class TokenRegistry:
         self._records.write(self._key(token_id), record.model_dump_json().encode())
         return token, record
 
-    def get(self, token_id: str) -> TokenRecord | None:
+    def get(self, token_id: str, fresh: bool = False) -> TokenRecord | None:
         if not re.fullmatch(r"[0-9a-f]{16}", token_id):
             return None
-        data = self._records.read(self._key(token_id))
+        data = self._records.read(self._key(token_id), fresh)
         if data is None:
             return None
         try:
@@ -204,6 +206,11 @@ class TokenRegistry:
             return None
         now = _now()
         if record.last_used_at is None or now - record.last_used_at > LAST_USED_EVERY:
+            # Read the store itself before writing: a record cached here may have been revoked
+            # through another replica since, and writing it back would bring it back to life.
+            record = self.get(record.id, fresh=True)
+            if record is None or not hmac.compare_digest(record.sha256, sha256_hex(token)):
+                return None
             record.last_used_at = now
             self._records.write(self._key(record.id), record.model_dump_json().encode())
         return record
