@@ -21,6 +21,10 @@ from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e
 
+# The admin token of the servers the tests start; every HTTP request sends it as a bearer token.
+TEST_TOKEN = "e2e-admin-token-" + "t" * 24
+AUTH_HEADERS = {"Authorization": f"Bearer {TEST_TOKEN}"}
+
 
 def dcmtk(tool: str) -> str:
     """The path of a DCMTK tool (pynetdicom installs Python tools of the same names on PATH)."""
@@ -42,7 +46,9 @@ class Server:
     http: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=30)
+        self.http = httpx.Client(
+            base_url=f"http://127.0.0.1:{self.http_port}", timeout=30, headers=AUTH_HEADERS
+        )
 
     def start(self, timeout: float = 60) -> None:
         log = self.log_path.open("ab")
@@ -118,23 +124,23 @@ def server_env(data_dir: Path, dicom_port: int, http_port: int) -> dict[str, str
         DICOMFLOW_DICOM_HOST="127.0.0.1",
         DICOMFLOW_HTTP_HOST="127.0.0.1",
         DICOMFLOW_DEID_SECRET="e2e-secret-" + "x" * 20,
+        DICOMFLOW_ADMIN_TOKEN=TEST_TOKEN,
         DICOMFLOW_PLUGINS="-",
         PYTHONUNBUFFERED="1",
     )
     return env
 
 
+def new_server(data_dir: Path, log_path: Path) -> Server:
+    """A server (not started yet) on `data_dir`, on free ports, with the e2e environment."""
+    dicom_port, http_port = free_port(), free_port()
+    env = server_env(data_dir, dicom_port, http_port)
+    return Server(data_dir, dicom_port, http_port, env, log_path)
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    data_dir = tmp_path / "data"
-    dicom_port, http_port = free_port(), free_port()
-    srv = Server(
-        data_dir,
-        dicom_port,
-        http_port,
-        server_env(data_dir, dicom_port, http_port),
-        tmp_path / "server.log",
-    )
+    srv = new_server(tmp_path / "data", tmp_path / "server.log")
     srv.start()
     yield srv
     if srv.process is not None:

@@ -15,6 +15,7 @@ import pytest
 
 from dicomflow.kernel.settings import Settings
 from tests.conftest import free_port, service_setting
+from tests.e2e.conftest import AUTH_HEADERS, TEST_TOKEN
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +45,9 @@ class ScaleOut:
     http: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=60)
+        self.http = httpx.Client(
+            base_url=f"http://127.0.0.1:{self.http_port}", timeout=60, headers=AUTH_HEADERS
+        )
 
     def settings(self) -> Settings:
         return Settings(
@@ -160,6 +163,7 @@ def scaleout(tmp_path: Path) -> Iterator[ScaleOut]:
         DICOMFLOW_HTTP_HOST="127.0.0.1",
         DICOMFLOW_HTTP_PORT=str(http_port),
         DICOMFLOW_DEID_SECRET="integration-secret-" + "y" * 20,
+        DICOMFLOW_ADMIN_TOKEN=TEST_TOKEN,
         DICOMFLOW_PLUGINS="-",
         PYTHONUNBUFFERED="1",
     )
