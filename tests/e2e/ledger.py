@@ -56,6 +56,17 @@ class Ledger:
             if why:
                 self.why[item.sop] = why
 
+    @classmethod
+    def merged(cls, *ledgers: "Ledger") -> "Ledger":
+        """One ledger of several sends; a later send of an object overrides an earlier one."""
+        merged = cls()
+        for ledger in ledgers:
+            merged.sent.update(ledger.sent)
+            merged.statuses.update(ledger.statuses)
+            merged.why.update(ledger.why)
+            merged.associations += ledger.associations
+        return merged
+
     @property
     def acknowledged(self) -> set[str]:
         return {sop for sop, status in self.statuses.items() if status == SUCCESS}

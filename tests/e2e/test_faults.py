@@ -135,11 +135,7 @@ def test_a_full_disk_refuses_with_out_of_resources_and_recovers(
         assert again.acknowledged == set(again.sent), again.statuses
         server.wait_idle(timeout=300)
 
-        ledger = Ledger(
-            sent=first.sent,
-            statuses={**first.statuses, **again.statuses},
-            associations=first.associations + again.associations,
-        )
+        ledger = Ledger.merged(first, again)
         audit(server.http, ledger).check("full disk, refused ones sent again", ledger)
         status = server.http.get("/api/status").json()
         assert status["dead_letters"] == 0, status
