@@ -21,6 +21,8 @@ from tests.conftest import ADMIN_TOKEN, free_port
 
 pytestmark = pytest.mark.e2e
 
+# The admin token of the servers the tests start; every HTTP request sends it as a bearer token.
+
 
 def dcmtk(tool: str) -> str:
     """The path of a DCMTK tool (pynetdicom installs Python tools of the same names on PATH)."""
@@ -135,17 +137,16 @@ def server_env(
     return env
 
 
+def new_server(data_dir: Path, log_path: Path) -> Server:
+    """A server (not started yet) on `data_dir`, on free ports, with the e2e environment."""
+    dicom_port, http_port = free_port(), free_port()
+    env = server_env(data_dir, dicom_port, http_port)
+    return Server(data_dir, dicom_port, http_port, env, log_path)
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    data_dir = tmp_path / "data"
-    dicom_port, http_port = free_port(), free_port()
-    srv = Server(
-        data_dir,
-        dicom_port,
-        http_port,
-        server_env(data_dir, dicom_port, http_port),
-        tmp_path / "server.log",
-    )
+    srv = new_server(tmp_path / "data", tmp_path / "server.log")
     srv.start()
     yield srv
     if srv.process is not None:

@@ -1,5 +1,6 @@
 """The SCP over loopback with pynetdicom as the SCU: durable success, clear refusals."""
 
+import errno
 from collections.abc import Iterator
 from io import BytesIO
 
@@ -134,3 +135,20 @@ def test_the_file_meta_takes_the_dataset_uids_not_the_command_ones(  # type: ign
     stored = pydicom.dcmread(BytesIO(receiver.spool.get_verified(event.blob)))
     assert stored.file_meta.MediaStorageSOPClassUID == ct_instance.SOPClassUID
     assert stored.file_meta.MediaStorageSOPInstanceUID == ct_instance.SOPInstanceUID
+
+
+def test_a_full_spool_is_out_of_resources_never_success(  # type: ignore[no-untyped-def]
+    scp, ct_instance: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, bus, _receiver = scp
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("dicomflow.kernel.blobs.filesystem.os.fsync", disk_full)
+        status = _send(settings, ct_instance)
+    assert status.Status == 0xA700
+    assert status.ErrorComment.startswith("cannot write to the spool: disk full")
+    assert bus.read(bus.topic(Topic.RECEIVED)) == []
+    assert _send(settings, ct_instance).Status == 0x0000  # space freed

@@ -8,6 +8,7 @@ from Elasticsearch. Then: replay into an emptied index, outages, and replicas.
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,7 @@ from dicomflow.kernel.events import Namespace
 from dicomflow.synthetic import PatientSpec, iter_study_tree, make_instance, write_tree
 from tests.conftest import free_port
 from tests.e2e.conftest import dataset_bytes, dcmtk, parse_multipart, read_dataset
+from tests.e2e.ledger import OUT_OF_RESOURCES, SUCCESS, Ledger, Sender, audit
 from tests.integration.conftest import ScaleOut, services_script
 
 pytestmark = pytest.mark.integration
@@ -133,31 +135,56 @@ def index_level(name: str):  # type: ignore[no-untyped-def]
     return Level(name)
 
 
+def send_through_an_outage(
+    deployment: ScaleOut,
+    service: str,
+    ongoing: list[Path],
+    during: list[Path],
+    in_outage: Callable[[], None] = lambda: None,
+    seconds: float = 30,
+) -> Ledger:
+    """Ingest before, across and during an outage of `service` (stopped, then restarted).
+
+    `ongoing` is being sent when the service stops, `during` is sent once it is down.
+    """
+    before = Sender(deployment.dicom_port, ongoing, associations=4).start()
+    before.wait_for(lambda ledger: len(ledger.statuses) >= 10)
+    services_script("stop", service)
+    try:
+        outage_started = time.monotonic()
+        within = Sender(deployment.dicom_port, during, associations=4).start()
+        in_outage()
+        time.sleep(max(0.0, seconds - (time.monotonic() - outage_started)))
+    finally:
+        services_script("start", service)
+    return Ledger.merged(before.join(), within.join())
+
+
+def _outage_trees(folder: Path) -> tuple[list[Path], list[Path]]:
+    ongoing = write_tree(
+        iter_study_tree(patients=2, series_per_study=1, instances_per_series=50, seed="ongoing"),
+        folder / "a",
+    )
+    during = write_tree(
+        iter_study_tree(patients=1, series_per_study=1, instances_per_series=60, seed="outage"),
+        folder / "b",
+    )
+    return ongoing, during
+
+
 @pytest.mark.parametrize("service", ["elasticsearch", "s3"])
 def test_an_outage_loses_nothing_and_the_pipeline_catches_up(
     scaleout: ScaleOut, tmp_path: Path, service: str
 ) -> None:
-    first = write_tree(
-        iter_study_tree(patients=1, series_per_study=1, instances_per_series=10), tmp_path / "a"
-    )
-    second = write_tree(
-        iter_study_tree(patients=1, series_per_study=1, instances_per_series=20, seed="outage"),
-        tmp_path / "b",
-    )
+    ongoing, during = _outage_trees(tmp_path)
     scaleout.start_all()
-    storescu(scaleout, tmp_path / "a")
-    scaleout.wait_idle(len(first))
-    services_script("stop", service)
-    try:
-        outage_started = time.monotonic()
-        # Ingest goes on: acknowledgements need only the spool and Kafka.
-        storescu(scaleout, tmp_path / "b")
-        time.sleep(max(0.0, 30 - (time.monotonic() - outage_started)))
-    finally:
-        services_script("start", service)
-    status = scaleout.wait_idle(len(first) + len(second), timeout=300)
-    print(f"{service} outage of 30 s: sent {len(first) + len(second)}, all indexed: {status}")
-    assert blob_count(scaleout, Namespace.ORIGINAL) == len(first) + len(second)
+    # Ingest goes on: acknowledgements need only the spool and Kafka.
+    ledger = send_through_an_outage(scaleout, service, ongoing, during)
+    assert ledger.acknowledged == set(ledger.sent), ledger.why
+    status = scaleout.wait_idle(len(ongoing) + len(during), timeout=300)
+    print(f"{service} outage of 30 s, caught up: {status}")
+    audit(scaleout.http, ledger).check(f"{service} outage", ledger)
+    assert blob_count(scaleout, Namespace.ORIGINAL) == len(ongoing) + len(during)
 
 
 def _store(port: int, ds: Dataset) -> int:
@@ -173,14 +200,17 @@ def _store(port: int, ds: Dataset) -> int:
     return status
 
 
-def test_kafka_down_means_a_failure_status_never_a_false_success(scaleout: ScaleOut) -> None:
+def test_kafka_down_means_a_failure_status_never_a_false_success(
+    scaleout: ScaleOut, tmp_path: Path
+) -> None:
+    ongoing, during = _outage_trees(tmp_path)
     scaleout.start_all()
     assert _store(scaleout.dicom_port, make_instance(PatientSpec(), 0, 0, 0)) == 0x0000
-    services_script("stop", "kafka")
-    try:
+
+    def refused_while_down() -> None:
         assert _store(scaleout.dicom_port, make_instance(PatientSpec(), 0, 0, 1)) == 0xA700
-    finally:
-        services_script("start", "kafka")
+
+    first = send_through_an_outage(scaleout, "kafka", ongoing, during, refused_while_down)
     deadline = time.monotonic() + 120
     status = -1
     while time.monotonic() < deadline:
@@ -189,7 +219,15 @@ def test_kafka_down_means_a_failure_status_never_a_false_success(scaleout: Scale
             break
         time.sleep(2)
     assert status == 0x0000
-    scaleout.wait_idle(2)
+    # Every store got Success or Out of Resources; the refused ones succeed when sent again.
+    assert set(first.statuses.values()) <= {SUCCESS, OUT_OF_RESOURCES}, first.why
+    refused = [first.sent[sop].path for sop in first.with_status(OUT_OF_RESOURCES)]
+    again = Sender(scaleout.dicom_port, refused, associations=4).start().join()
+    assert again.acknowledged == set(again.sent), again.why
+    ledger = Ledger.merged(first, again)
+    print(f"kafka outage: {len(refused)} refused with 0xA700, then sent again")
+    scaleout.wait_idle(2 + len(ongoing) + len(during), timeout=300)
+    audit(scaleout.http, ledger).check("kafka outage, refused ones sent again", ledger)
 
 
 def test_two_replicas_share_the_work_without_duplicates(scaleout: ScaleOut, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """The contract every BlobStore implementation passes (filesystem; S3 in integration)."""
 
+import errno
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 from dicomflow.kernel.blobs.base import BlobStore, InvalidBlobKey, sha256_of
 from dicomflow.kernel.blobs.filesystem import FilesystemBlobStore
 from dicomflow.kernel.events import Namespace
-from dicomflow.kernel.exceptions import BlobNotFound, ChecksumMismatch
+from dicomflow.kernel.exceptions import BackendUnavailable, BlobNotFound, ChecksumMismatch
 from tests.conftest import service_setting
 
 
@@ -75,3 +76,19 @@ def test_corruption_is_detected(store: BlobStore, tmp_path: Path) -> None:
         store.put(Namespace.ORIGINAL, "c/d.dcm", b"tampered bytes")
     with pytest.raises(ChecksumMismatch):
         store.get_verified(ref)
+
+
+def _disk_full(fd: int) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_is_a_transient_failure_that_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    monkeypatch.setattr("dicomflow.kernel.blobs.filesystem.os.fsync", _disk_full)
+    with pytest.raises(BackendUnavailable, match="full"):
+        store.put(Namespace.ORIGINAL, "1.2/1.2.3/1.2.3.4.dcm", b"DICM")
+    assert [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == []
+    with pytest.raises(BlobNotFound):
+        store.get(Namespace.ORIGINAL, "1.2/1.2.3/1.2.3.4.dcm")

@@ -1,5 +1,6 @@
 """The processor runtime: publish-then-commit, dead letters, retries on back-pressure."""
 
+import errno
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -9,7 +10,7 @@ import pytest
 from dicomflow.kernel.blobs.filesystem import FilesystemBlobStore
 from dicomflow.kernel.bus.base import OutgoingRecord, Record
 from dicomflow.kernel.bus.embedded import EmbeddedBus
-from dicomflow.kernel.events import DeadLetter, Topic, decode_event
+from dicomflow.kernel.events import DeadLetter, Namespace, Topic, decode_event
 from dicomflow.kernel.exceptions import BackPressure
 from dicomflow.kernel.settings import Settings
 from dicomflow.processors.base import Processor, ProcessorContext
@@ -138,3 +139,28 @@ def test_an_unreachable_bus_is_retried_not_fatal(bus: EmbeddedBus, tmp_path: Pat
     assert processed == 1
     assert runner.state.retries == 3
     assert [r.value for r in bus.read(bus.topic(Topic.STORED))] == [b"x"]
+
+
+class Archiver(Echo):
+    def handle(self, record: Record) -> list[OutgoingRecord]:
+        self.context.blobs.put(Namespace.ORIGINAL, f"{record.offset}.dcm", record.value)
+        return []
+
+
+def test_a_full_blob_store_is_retried_never_dead_lettered(
+    bus: EmbeddedBus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bus.producer().publish(bus.topic(Topic.RECEIVED), "study", b"acknowledged")
+    runner = _runner(bus, tmp_path)
+    runner.processor = Archiver(runner.processor.context)
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("dicomflow.kernel.blobs.filesystem.os.fsync", disk_full)
+        assert runner.step(timeout=1) == 0
+    assert runner.state.retries == 1 and runner.consumer.lag() == 1
+    assert bus.read(bus.topic(Topic.DEAD_LETTER)) == []
+    assert runner.step(timeout=1) == 1  # space freed: the same record goes through
+    assert runner.processor.context.blobs.get(Namespace.ORIGINAL, "0.dcm") == b"acknowledged"

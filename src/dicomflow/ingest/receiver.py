@@ -309,6 +309,8 @@ class DurableReceiver:
             ref = self.spool.put(Namespace.SPOOL, key, data)
         except OSError as exc:
             raise StorageUnavailable(f"cannot write to the spool: {exc.strerror or exc}") from exc
+        except BackendUnavailable as exc:  # a full disk
+            raise StorageUnavailable(f"cannot write to the spool: {exc}") from exc
         event = ObjectReceived(identity=identity, blob=ref, source=source, received_at=now)
         try:
             self._producer.publish_many(

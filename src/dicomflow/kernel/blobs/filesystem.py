@@ -12,6 +12,7 @@ for nothing; `stat` of a spool object reads it instead.
 """
 
 import contextlib
+import errno
 import os
 import tempfile
 import threading
@@ -21,9 +22,12 @@ from pathlib import Path
 
 from dicomflow.kernel.blobs.base import BlobStore, check_key, sha256_of
 from dicomflow.kernel.events import BlobRef, Namespace
-from dicomflow.kernel.exceptions import BlobNotFound
+from dicomflow.kernel.exceptions import BackendUnavailable, BlobNotFound
 
 _SUM_SUFFIX = ".sha256"
+# A full disk is the store's condition, not the object's: the write is retried once space is
+# freed (a processor must not dead-letter an acknowledged object for it).
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def fsync_dir(path: Path) -> None:
@@ -115,11 +119,18 @@ class FilesystemBlobStore(BlobStore):
     def put(self, namespace: Namespace, key: str, data: bytes) -> BlobRef:
         path = self._path(namespace, key)
         digest = sha256_of(data)
-        if Namespace(namespace) is not Namespace.SPOOL:
-            # The checksum file goes first: a crash between the two leaves an absent object
-            # with a stale side file, never an object whose recorded checksum is missing.
-            write_durably(path.with_name(path.name + _SUM_SUFFIX), digest.encode())
-        write_durably(path, data)
+        try:
+            if Namespace(namespace) is not Namespace.SPOOL:
+                # The checksum file goes first: a crash between the two leaves an absent object
+                # with a stale side file, never an object whose recorded checksum is missing.
+                write_durably(path.with_name(path.name + _SUM_SUFFIX), digest.encode())
+            write_durably(path, data)
+        except OSError as exc:
+            if exc.errno in _DISK_FULL:
+                raise BackendUnavailable(
+                    f"disk full ({exc.strerror}) under {self.root}; free some space"
+                ) from exc
+            raise
         return BlobRef(namespace=namespace, key=key, size=len(data), sha256=digest)
 
     def get(self, namespace: Namespace, key: str) -> bytes:

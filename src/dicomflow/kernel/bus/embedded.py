@@ -124,7 +124,10 @@ class _GroupCommitter:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite has already rolled back after some errors (a full disk): a second
+            # ROLLBACK would fail and hide the reason.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     def close(self) -> None:
@@ -218,11 +221,14 @@ class EmbeddedConsumer(Consumer):
             last[record.topic] = max(last.get(record.topic, -1), record.offset)
         if not last:
             return
-        self._conn.executemany(
-            "INSERT INTO group_offsets (group_id, topic, next_offset) VALUES (?, ?, ?) "
-            "ON CONFLICT(group_id, topic) DO UPDATE SET next_offset = excluded.next_offset",
-            [(self._group, topic, offset + 1) for topic, offset in last.items()],
-        )
+        try:
+            self._conn.executemany(
+                "INSERT INTO group_offsets (group_id, topic, next_offset) VALUES (?, ?, ?) "
+                "ON CONFLICT(group_id, topic) DO UPDATE SET next_offset = excluded.next_offset",
+                [(self._group, topic, offset + 1) for topic, offset in last.items()],
+            )
+        except sqlite3.OperationalError as exc:  # a full disk, a lock held too long
+            raise BackendUnavailable(f"committing offsets failed: {exc}") from exc
 
     def lag(self) -> int:
         return _lag(self._conn, self._committed())
