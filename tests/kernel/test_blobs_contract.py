@@ -92,3 +92,23 @@ def test_a_full_disk_is_a_transient_failure_that_leaves_nothing(
     assert [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == []
     with pytest.raises(BlobNotFound):
         store.get(Namespace.ORIGINAL, "1.2/1.2.3/1.2.3.4.dcm")
+
+
+def test_keys_under_a_prefix(store: BlobStore) -> None:
+    for key in ("a/b/c1.dcm", "a/b/c2.dcm", "a/bx/c3.dcm", "a/b/d/e.dcm", "z.dcm"):
+        store.put(Namespace.ORIGINAL, key, b"x")
+    assert sorted(store.keys(Namespace.ORIGINAL, "a/b/")) == [
+        "a/b/c1.dcm",
+        "a/b/c2.dcm",
+        "a/b/d/e.dcm",
+    ]
+    assert sorted(store.keys(Namespace.ORIGINAL, "a/b/c")) == ["a/b/c1.dcm", "a/b/c2.dcm"]
+    assert sorted(store.keys(Namespace.ORIGINAL, "a/b")) == [
+        "a/b/c1.dcm",
+        "a/b/c2.dcm",
+        "a/b/d/e.dcm",
+        "a/bx/c3.dcm",
+    ]
+    assert len(list(store.keys(Namespace.ORIGINAL))) == 5
+    assert list(store.keys(Namespace.ORIGINAL, "nothing/here/")) == []
+    assert list(store.keys(Namespace.ORIGINAL, "../../")) == []

@@ -159,9 +159,12 @@ class FilesystemBlobStore(BlobStore):
 
     def keys(self, namespace: Namespace, prefix: str = "") -> Iterator[str]:
         base = self.root / Namespace(namespace).value
-        if not base.is_dir():
+        # Walk only the folder the prefix names: listing a few keys under "a/b/" must not
+        # read the names of every object of the namespace (millions, in an archive).
+        start = base / prefix.rsplit("/", 1)[0] if "/" in prefix else base
+        if not start.is_dir() or not start.resolve().is_relative_to(base.resolve()):
             return
-        for path in sorted(base.rglob("*")):
+        for path in sorted(start.rglob("*")):
             if path.is_file() and not path.name.endswith(_SUM_SUFFIX):
                 if path.name.startswith(".tmp-"):
                     continue
