@@ -92,12 +92,39 @@ def _announce_http_access(settings: Settings) -> None:
     )
 
 
+def audit_cli_change(settings: Settings, detail: str) -> None:
+    """An administrative change made on this host's command line, in the audit trail."""
+    import getpass
+    import socket
+
+    from dicomflow.kernel.audit import AuditAction, AuditEvent, open_audit_trail
+    from dicomflow.kernel.backends import open_bus
+
+    bus = open_bus(settings)
+    trail = open_audit_trail(settings, bus)
+    try:
+        trail.record(
+            AuditEvent(
+                action=AuditAction.ADMIN_CHANGE,
+                user=getpass.getuser(),
+                source=socket.gethostname(),
+                channel="cli",
+                target="dicomflow token",
+                detail=detail,
+            )
+        )
+    finally:
+        trail.close()
+        bus.close()
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     """API tokens: create (printed once), list, revoke."""
     from dicomflow.api.tokens import InvalidTokenRequest, TokenRegistry
     from dicomflow.kernel.backends import open_blob_store
 
-    blobs = open_blob_store(get_settings())
+    settings = get_settings()
+    blobs = open_blob_store(settings)
     try:
         registry = TokenRegistry(blobs)
         if args.action == "create":
@@ -106,6 +133,7 @@ def cmd_token(args: argparse.Namespace) -> int:
             except InvalidTokenRequest as exc:
                 console.print(f"[red]{exc}[/]")
                 return 2
+            audit_cli_change(settings, f"created API token {record.id} ({record.name})")
             console.print(
                 f"created token {record.id} ({record.name}; {', '.join(record.roles)}); "
                 "it is shown this once:"
@@ -114,6 +142,7 @@ def cmd_token(args: argparse.Namespace) -> int:
             return 0
         if args.action == "revoke":
             if registry.revoke(args.id):
+                audit_cli_change(settings, f"revoked API token {args.id}")
                 console.print(f"revoked token {args.id}")
                 return 0
             console.print(f"[red]no token {args.id}[/]")

@@ -61,6 +61,15 @@ def test_first_start_prints_an_admin_token_once_and_it_works(tmp_path: Path) -> 
         token_id = reader.split("_")[1]
         assert cli(env, "token", "revoke", token_id).returncode == 0
         assert cli(env, "token", "create", "--name", "x", "--role", "root").returncode == 2
+        # Changes made on the command line are in the audit trail too.
+        trail = httpx.get(
+            base + "/api/admin/audit", params={"action": "admin-change"}, headers=headers
+        ).json()["events"]
+        by_cli = [e["detail"] for e in trail if e["channel"] == "cli"]
+        assert by_cli == [
+            f"revoked API token {token_id}",
+            f"created API token {token_id} (ci reader)",
+        ]
     finally:
         assert server.stop() == 0
     # The second start prints nothing: the token exists (as a hash), still valid.
