@@ -1,6 +1,8 @@
 """Entry point of `dicomflow bench` (and ``python -m dicomflow.bench``)."""
 
+import signal
 import sys
+from types import FrameType
 
 from rich.console import Console
 
@@ -8,6 +10,12 @@ from dicomflow.bench.options import parse_options
 from dicomflow.bench.receivers import BenchError
 from dicomflow.bench.report import compute_targets, render, write_json
 from dicomflow.bench.runner import Bench
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    # The servers of a phase run in process groups of their own: only the phase's clean-up
+    # stops them, and it runs on KeyboardInterrupt. SIGTERM (kill, a CI timeout) must too.
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run_bench(argv: list[str]) -> int:
@@ -22,6 +30,7 @@ def run_bench(argv: list[str]) -> int:
         console.print("[red]dicomflow bench needs Linux (it reads /proc)[/]")
         return 2
     bench = Bench(options, console)
+    signal.signal(signal.SIGTERM, _interrupted)
     code = 0
     try:
         results = bench.run()

@@ -185,7 +185,13 @@ class Receiver(ABC):
             self._log = None
 
     def __enter__(self) -> "Receiver":
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            # A start that fails or is interrupted (Ctrl-C, SIGTERM) must not leave a server
+            # behind: __exit__ will not run for it.
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
