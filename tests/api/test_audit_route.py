@@ -1,9 +1,13 @@
 """GET /api/admin/audit: the recorded trail, newest first, with its filters."""
 
+import pytest
 from fastapi.testclient import TestClient
+from pydicom.dataset import Dataset
 
 from dicomflow.api.deps import AppState
 from dicomflow.kernel.audit import AuditAction, AuditEvent
+from dicomflow.kernel.exceptions import BackendUnavailable
+from tests.api.conftest import Archive
 
 
 def _record(client: TestClient, user: str, action: AuditAction, study: str) -> None:
@@ -43,3 +47,21 @@ def test_bad_audit_filters_are_rejected_with_a_reason(client: TestClient) -> Non
     assert response.status_code in (400, 422)
     assert "action" in response.text
     assert client.get("/api/admin/audit", params={"limit": 0}).status_code in (400, 422)
+
+
+def test_identified_data_is_not_served_without_an_audit_record(
+    client: TestClient, archive: Archive, ct_instance: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive.add([ct_instance])
+    assert "0020000D" in client.get("/dicomweb/studies").text
+    state: AppState = client.app.state.dicomflow  # type: ignore[attr-defined]
+
+    def unwritable(event: AuditEvent) -> None:
+        raise BackendUnavailable("the audit topic cannot be written")
+
+    monkeypatch.setattr(state.audit, "record", unwritable)
+    refused = client.get("/dicomweb/studies")
+    assert refused.status_code == 503
+    assert "audit" in refused.text and "0020000D" not in refused.text
+    # The de-identified namespace is not audited: it stays readable.
+    assert client.get("/dicomweb/deidentified/studies").status_code == 200
