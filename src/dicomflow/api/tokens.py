@@ -201,15 +201,16 @@ class TokenRegistry:
         match = _TOKEN.match(token)
         if match is None:
             return None
+        digest = sha256_hex(token)
         record = self.get(match.group(1))
-        if record is None or not hmac.compare_digest(record.sha256, sha256_hex(token)):
+        if record is None or not hmac.compare_digest(record.sha256, digest):
             return None
         now = _now()
         if record.last_used_at is None or now - record.last_used_at > LAST_USED_EVERY:
             # Read the store itself before writing: a record cached here may have been revoked
             # through another replica since, and writing it back would bring it back to life.
             record = self.get(record.id, fresh=True)
-            if record is None or not hmac.compare_digest(record.sha256, sha256_hex(token)):
+            if record is None or not hmac.compare_digest(record.sha256, digest):
                 return None
             record.last_used_at = now
             self._records.write(self._key(record.id), record.model_dump_json().encode())
