@@ -1,6 +1,7 @@
 """The SCP over loopback with pynetdicom as the SCU: durable success, clear refusals."""
 
 import errno
+import time
 from collections.abc import Iterator
 from io import BytesIO
 
@@ -45,7 +46,16 @@ def _send(settings: Settings, ds: Dataset) -> Dataset:
     assoc = ae.associate("127.0.0.1", settings.dicom_port, ae_title=settings.ae_title)
     assert assoc.is_established
     try:
+        started = time.monotonic()
         status: Dataset = assoc.send_c_store(ds)
+        if "Status" not in status:
+            # pynetdicom returns an empty Dataset when no response came: say what happened to
+            # the association instead of failing later on a missing attribute.
+            pytest.fail(
+                f"no C-STORE response after {time.monotonic() - started:.1f} s: "
+                f"aborted={assoc.is_aborted} established={assoc.is_established} "
+                f"released={assoc.is_released}"
+            )
         assert assoc.send_c_echo().Status == 0
     finally:
         assoc.release()
