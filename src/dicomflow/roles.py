@@ -1,9 +1,14 @@
 """The process roles of dicomflow and the supervisor that runs them as one process family.
 
 Roles: ``ingest`` (the DICOM SCP), ``processors`` (every selected processor, one thread each),
-``processor:NAME`` (one processor), ``api`` (HTTP). `dicomflow serve` runs them all as child
-processes of one supervisor that restarts a child that dies and stops them all on SIGTERM or
-Ctrl-C; `dicomflow serve --role X` runs one role alone (what compose.yaml does).
+``processor:NAME[,NAME...]`` (some processors), ``api`` (HTTP). `dicomflow serve` runs them all
+as child processes of one supervisor that restarts a child that dies and stops them all on
+SIGTERM or Ctrl-C; `dicomflow serve --role X` runs one role alone (what compose.yaml does).
+
+The supervisor runs the processors in two processes: the search path (storage, metadata,
+index: DICOMFLOW_SEARCH_PROCESSORS) and the others at a lower CPU priority. The processors of
+one process share one core (the GIL); two processes use both, and the priority lets a burst
+become searchable before its de-identified copies are made.
 """
 
 import contextlib
@@ -150,8 +155,10 @@ def run_api(settings: Settings) -> None:
     )
 
 
-def run_role(role: str, reuse_port: bool = False, group: str | None = None) -> None:
+def run_role(role: str, reuse_port: bool = False, group: str | None = None, nice: int = 0) -> None:
     """Entry point of a child process (and of `serve --role`)."""
+    if nice:
+        os.nice(nice)
     settings = get_settings()
     configure_logging(settings)
     if role == "ingest":
@@ -170,6 +177,7 @@ def run_role(role: str, reuse_port: bool = False, group: str | None = None) -> N
 class _Child:
     role: str
     reuse_port: bool
+    nice: int = 0
     process: multiprocessing.context.SpawnProcess | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -209,6 +217,22 @@ def is_serving(data_dir: Path) -> bool:
     return False
 
 
+def _processor_children(settings: Settings) -> list[_Child]:
+    """The search path's processors in one child, the others in a second, lower-priority one."""
+    selected = list(
+        select(processor_classes(plugin_manager(settings.plugins)), settings.processors)
+    )
+    wanted = {name.strip() for name in settings.search_processors.split(",") if name.strip()}
+    search = [name for name in selected if name in wanted]
+    background = [name for name in selected if name not in wanted]
+    if not search or not background:
+        return [_Child("processors", False)]
+    return [
+        _Child(f"processor:{','.join(search)}", False),
+        _Child(f"processor:{','.join(background)}", False, nice=settings.background_nice),
+    ]
+
+
 def supervise(roles: list[str], settings: Settings) -> int:
     """Run roles as child processes until SIGTERM/SIGINT; restart children that die."""
     ctx = multiprocessing.get_context("spawn")
@@ -217,13 +241,18 @@ def supervise(roles: list[str], settings: Settings) -> int:
     for role in roles:
         if role == "ingest" and workers > 1:
             children.extend(_Child("ingest", True) for _ in range(workers))
+        elif role == "processors":
+            children.extend(_processor_children(settings))
         else:
             children.append(_Child(role, False))
     stop = _wait_for_stop()
 
     def start(child: _Child) -> None:
         child.process = ctx.Process(
-            target=run_role, args=(child.role, child.reuse_port), name=child.role, daemon=False
+            target=run_role,
+            args=(child.role, child.reuse_port, None, child.nice),
+            name=child.role,
+            daemon=False,
         )
         child.process.start()
         child.started_at = time.monotonic()

@@ -39,15 +39,18 @@ def children_by_role(server: Server) -> dict[str, set[int]]:
     return roles
 
 
-def wait_for_restart(server: Server, role: str, before: set[int], timeout: float = 90) -> int:
+def wait_for_restart(
+    server: Server, role: str, before: dict[str, set[int]], timeout: float = 90
+) -> int:
     """The pid of the child that replaced a killed one (of `before`), once it serves."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert server.process is not None and server.process.poll() is None, "supervisor died"
         now = children_by_role(server)
-        new = now[role] - before
+        new = now[role] - before[role]
         # A restarted ingest or API child counts as processors until it listens.
-        if new and len(now[role]) == len(before) and len(now["processors"]) == 1:
+        settled = len(now["processors"]) == len(before["processors"])
+        if new and len(now[role]) == len(before[role]) and settled:
             return new.pop()
         time.sleep(0.2)
     raise AssertionError(f"{role} was not restarted:\n{server.log_path.read_text()[-3000:]}")
@@ -66,7 +69,7 @@ def test_kill_9_of_a_child_during_ingest_loses_nothing(
     sender.wait_for(lambda ledger: len(ledger.acknowledged) >= len(files) // 3)
     victim = min(before[role])
     os.kill(victim, signal.SIGKILL)
-    wait_for_restart(server, role, before[role])
+    wait_for_restart(server, role, before)
     ledger = sender.join()
     assert server.process is not None and server.process.poll() is None
     server.wait_idle(timeout=300)

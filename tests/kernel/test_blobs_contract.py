@@ -112,3 +112,35 @@ def test_keys_under_a_prefix(store: BlobStore) -> None:
     assert len(list(store.keys(Namespace.ORIGINAL))) == 5
     assert list(store.keys(Namespace.ORIGINAL, "nothing/here/")) == []
     assert list(store.keys(Namespace.ORIGINAL, "../../")) == []
+
+
+def test_put_from_copies_a_verified_object_of_another_store(
+    store: BlobStore, tmp_path: Path
+) -> None:
+    spool = FilesystemBlobStore(tmp_path / "spool")
+    ref = spool.put(Namespace.SPOOL, "incoming/x.dcm", b"DICM" * 300)
+    stored = store.put_from(Namespace.ORIGINAL, "s/t/x.dcm", spool, ref)
+    assert stored.sha256 == ref.sha256 and stored.size == ref.size
+    spool.delete(Namespace.SPOOL, "incoming/x.dcm")  # freeing the source leaves the copy
+    assert store.get_verified(stored) == b"DICM" * 300
+    assert store.stat(Namespace.ORIGINAL, "s/t/x.dcm") == stored
+
+    corrupt = spool.put(Namespace.SPOOL, "incoming/y.dcm", b"original")
+    (spool.root / "spool" / "incoming" / "y.dcm").write_bytes(b"tampered")
+    with pytest.raises(ChecksumMismatch):
+        store.put_from(Namespace.ORIGINAL, "s/t/y.dcm", spool, corrupt)
+    with pytest.raises(BlobNotFound):
+        store.put_from(Namespace.ORIGINAL, "s/t/z.dcm", spool, ref)  # deleted above
+    assert store.stat(Namespace.ORIGINAL, "s/t/y.dcm") is None
+
+
+def test_objects_put_in_a_batch_are_there_when_it_ends(store: BlobStore, tmp_path: Path) -> None:
+    spool = FilesystemBlobStore(tmp_path / "spool")
+    ref = spool.put(Namespace.SPOOL, "in/a.dcm", b"linked")
+    with store.batch():
+        first = store.put(Namespace.ORIGINAL, "b/1.dcm", b"one")
+        with store.batch():  # nested blocks sync once, at the outermost end
+            second = store.put_from(Namespace.ORIGINAL, "b/2.dcm", spool, ref)
+    assert store.get_verified(first) == b"one"
+    assert store.get_verified(second) == b"linked"
+    assert sorted(store.keys(Namespace.ORIGINAL, "b/")) == ["b/1.dcm", "b/2.dcm"]

@@ -154,11 +154,13 @@ def test_a_full_blob_store_is_retried_never_dead_lettered(
     runner = _runner(bus, tmp_path)
     runner.processor = Archiver(runner.processor.context)
 
-    def disk_full(fd: int) -> None:
+    def disk_full(*args: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as patch:
+        # Whichever sync makes the object durable: its own fsync, or its batch's sync.
         patch.setattr("dicomflow.kernel.blobs.filesystem.os.fsync", disk_full)
+        patch.setattr("dicomflow.kernel.blobs.filesystem.sync_files", disk_full)
         assert runner.step(timeout=1) == 0
     assert runner.state.retries == 1 and runner.consumer.lag() == 1
     assert bus.read(bus.topic(Topic.DEAD_LETTER)) == []

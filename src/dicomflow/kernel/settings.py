@@ -231,6 +231,20 @@ class Settings(BaseSettings):
     processors: str = Field(
         "", description="Comma-separated allowlist of processors to run (empty = all installed)."
     )
+    search_processors: str = Field(
+        "storage,metadata,index",
+        description="Processors that `dicomflow serve` runs in a process of their own at normal "
+        "CPU priority: the path from an acknowledgement to a search hit. The others "
+        "(de-identification, plugins) run in a second process at the lower priority "
+        "DICOMFLOW_BACKGROUND_NICE, so a burst is searchable first. Empty: one process for all.",
+    )
+    background_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Niceness added to the process of the processors that are not on the "
+        "search path (DICOMFLOW_SEARCH_PROCESSORS).",
+    )
     plugins: str = Field(
         "",
         description="Comma-separated allowlist of third-party plugin entry points to load "

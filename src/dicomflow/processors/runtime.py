@@ -115,7 +115,10 @@ class ProcessorRunner:
             self._update_lag()
             return 0
         try:
-            result = self._handle(records)
+            # One durability point for the blobs of the whole batch, before anything announces
+            # them (the publish below).
+            with self.processor.context.blobs.batch():
+                result = self._handle(records)
             dead = [self._dead_letter(record, exc) for record, exc in result.failed]
             self.producer.publish_many([*result.publish, *dead])
             self.consumer.commit(records)

@@ -64,7 +64,10 @@ class StorageProcessor(Processor):
 
     def _store(self, event: ObjectReceived, key: str) -> BlobRef | None:
         try:
-            data = self.context.spool.get_verified(event.blob)
+            # On one file system this links the spool's durable copy instead of writing it again.
+            return self.context.blobs.put_from(
+                Namespace.ORIGINAL, key, self.context.spool, event.blob
+            )
         except BlobNotFound:
             # Re-delivery after the spool copy was freed: the original is already stored.
             existing = self.context.blobs.stat(Namespace.ORIGINAL, key)
@@ -78,7 +81,6 @@ class StorageProcessor(Processor):
             ) from None
         except ChecksumMismatch as exc:
             raise PoisonEvent(f"spool object is corrupt: {exc}") from exc
-        return self.context.blobs.put(Namespace.ORIGINAL, key, data)
 
     def after_commit(self, records: Sequence[Record]) -> None:
         for record in records:

@@ -5,6 +5,7 @@ tests/kernel/test_blobs_contract.py. Keys are built by the callers from validate
 (`dicomflow.kernel.uids.instance_key`) or generated; each implementation checks them again.
 """
 
+import contextlib
 import hashlib
 import re
 from abc import ABC, abstractmethod
@@ -39,6 +40,29 @@ class BlobStore(ABC):
     @abstractmethod
     def put(self, namespace: Namespace, key: str, data: bytes) -> BlobRef:
         """Store `data`; when this returns the object is durable. Overwrites (idempotent)."""
+
+    def put_from(
+        self, namespace: Namespace, key: str, source: "BlobStore", ref: BlobRef
+    ) -> BlobRef:
+        """Store a copy of `ref`, an object of `source`, checked against its SHA-256 first.
+
+        Raises BlobNotFound or ChecksumMismatch for the source object. A store that shares a
+        file system with the source may link the object instead of writing it again.
+        """
+        return self.put(namespace, key, source.get_verified(ref))
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """A block whose puts may share one durability point at its end.
+
+        Inside the block `put` may return before its object is durable; every object put in
+        the block is durable once the block exits without an exception (a failure to make them
+        so raises BackendUnavailable). Nothing may refer to those objects (no event published)
+        before the block has exited. Blocks nest; only the outermost one syncs. The processor
+        runtime runs each batch of records in one block, so a batch of N objects costs one
+        sync instead of N.
+        """
+        yield
 
     def put_file(self, namespace: Namespace, key: str, path: Path) -> BlobRef:
         """Store a local file's content (implementations may avoid reading it into memory)."""
