@@ -21,6 +21,7 @@ from dicomflow.kernel.bus.base import Record
 from dicomflow.kernel.bus.embedded import EmbeddedBus
 from dicomflow.kernel.events import (
     InstanceIdentity,
+    MetadataExtracted,
     Namespace,
     ObjectStored,
     Source,
@@ -765,7 +766,7 @@ def test_processor_stores_and_announces_the_deidentified_copy(
     original = make_rich_instance()
     event = stored_original(context, original)
     processor = DeidentifyProcessor(context)
-    [out] = processor.handle(record_of(event))
+    [out, metadata_out] = processor.handle(record_of(event))
 
     new_study = pseudonymous_uid(original.StudyInstanceUID, SECRET)
     new_series = pseudonymous_uid(original.SeriesInstanceUID, SECRET)
@@ -793,6 +794,15 @@ def test_processor_stores_and_announces_the_deidentified_copy(
     assert output.PixelData == original.PixelData
     assert_no_original_values(original, output, data)
 
+    # The copy's metadata, for the index: the copy's identity and values, none of the original's.
+    assert metadata_out.topic == context.topic(Topic.METADATA) and metadata_out.key == new_study
+    extracted = decode_event(metadata_out.value, MetadataExtracted)
+    assert extracted.namespace == Namespace.DEIDENTIFIED and extracted.blob == announced.blob
+    assert extracted.identity == announced.identity
+    assert extracted.dicom_json["0020000D"]["Value"] == [new_study]
+    assert original.SOPInstanceUID not in metadata_out.value.decode()
+    assert str(original.PatientName) not in metadata_out.value.decode()
+
     producer = context.bus.producer()  # the record is publishable as is
     producer.publish_many([out])
     [published] = context.bus.read(context.topic(Topic.DEIDENTIFIED))
@@ -806,8 +816,8 @@ def test_processor_is_idempotent(
 ) -> None:
     event = stored_original(context, make_rich_instance())
     processor = DeidentifyProcessor(context)
-    [first] = processor.handle(record_of(event))
-    [second] = processor.handle(record_of(event, offset=1))
+    first, _ = processor.handle(record_of(event))
+    second, _ = processor.handle(record_of(event, offset=1))
     one, two = decode_event(first.value, ObjectStored), decode_event(second.value, ObjectStored)
     assert one.blob == two.blob
     assert list(context.blobs.keys(Namespace.DEIDENTIFIED)) == [one.blob.key]

@@ -2,7 +2,8 @@
 
 It consumes ``stored``, skips everything but originals, applies the PS3.15 Basic Profile
 (`dicomflow.processors.deid`) to the object's bytes, stores the result in the ``deidentified``
-namespace under its pseudonymous UIDs and announces it on ``deidentified``. The output is a
+namespace under its pseudonymous UIDs, announces it on ``deidentified`` and publishes its
+metadata on ``metadata`` (the metadata processor handles originals only). The output is a
 pure function of the input and the settings, so a redelivered event overwrites the same blob.
 """
 
@@ -28,6 +29,7 @@ from dicomflow.processors.deid import (
 )
 from dicomflow.processors.exceptions import PoisonEvent
 from dicomflow.processors.hookspecs import hookimpl
+from dicomflow.processors.metadata import metadata_record
 
 __all__ = [
     "DeidentifyOptions",
@@ -96,7 +98,10 @@ class DeidentifyProcessor(Processor):
                 topic=self.context.topic(Topic.DEIDENTIFIED),
                 key=result.study_instance_uid,
                 value=encode_event(stored),
-            )
+            ),
+            # The copy's metadata too: the metadata processor leaves copies to us, so that
+            # the search path of the originals never waits for them.
+            metadata_record(self.context, stored, result.data),
         ]
 
 

@@ -1,7 +1,8 @@
 """The metadata processor: every stored object's DICOM JSON and search fields.
 
-Consumes ``stored`` and ``deidentified`` (`ObjectStored`), reads the object from the blob store
-(checksum verified), and publishes one `MetadataExtracted` on ``metadata`` for the index.
+Consumes ``stored`` (`ObjectStored`), reads the original from the blob store (checksum
+verified), and publishes one `MetadataExtracted` on ``metadata`` for the index. The metadata of
+de-identified copies is published by the de-identification processor with `metadata_record`.
 
 `extract_metadata` is the pure part: the DICOM JSON model of PS3.18 F.2 without bulk data,
 and the normalised search fields of `dicomflow.indexer.values`. It never fails on a value:
@@ -39,7 +40,7 @@ from dicomflow.kernel.events import (
     encode_event,
 )
 from dicomflow.kernel.exceptions import BlobNotFound, ChecksumMismatch
-from dicomflow.processors.base import Processor
+from dicomflow.processors.base import Processor, ProcessorContext
 from dicomflow.processors.exceptions import PoisonEvent
 from dicomflow.processors.hookspecs import hookimpl
 
@@ -363,11 +364,37 @@ def _read_blob(blobs: BlobStore, ref: BlobRef) -> bytes:
         raise PoisonEvent(f"object {ref.namespace}/{ref.key} cannot be read: {exc}") from exc
 
 
+def metadata_record(context: ProcessorContext, event: ObjectStored, data: bytes) -> OutgoingRecord:
+    """The ``metadata`` record of a stored object whose bytes are `data`."""
+    try:
+        dicom_json, fields = read_metadata(data)
+    except PoisonEvent as exc:
+        raise PoisonEvent(f"object {event.blob.namespace}/{event.blob.key}: {exc}") from exc
+    extracted = MetadataExtracted(
+        identity=event.identity,
+        namespace=event.blob.namespace,
+        blob=event.blob,
+        source=event.source,
+        received_at=event.received_at,
+        dicom_json=dicom_json,
+        fields=fields,
+    )
+    return OutgoingRecord(
+        topic=context.topic(Topic.METADATA),
+        key=event.identity.study_instance_uid,
+        value=encode_event(extracted),
+    )
+
+
 class MetadataProcessor(Processor):
-    """Publishes the metadata of every stored object, original or de-identified."""
+    """Publishes the metadata of every stored original.
+
+    De-identified copies get theirs from the de-identification processor, which holds the
+    copy's bytes when it makes it: the search path reads each received object once.
+    """
 
     name = "metadata"
-    topics = (Topic.STORED, Topic.DEIDENTIFIED)
+    topics = (Topic.STORED,)
     description = "Extracts the DICOM JSON and search fields of every stored object."
 
     def handle(self, record: Record) -> list[OutgoingRecord]:
@@ -375,27 +402,7 @@ class MetadataProcessor(Processor):
             event = decode_event(record.value, ObjectStored)
         except ValidationError as exc:
             raise PoisonEvent(f"not an ObjectStored event: {exc}") from exc
-        data = _read_blob(self.context.blobs, event.blob)
-        try:
-            dicom_json, fields = read_metadata(data)
-        except PoisonEvent as exc:
-            raise PoisonEvent(f"object {event.blob.namespace}/{event.blob.key}: {exc}") from exc
-        extracted = MetadataExtracted(
-            identity=event.identity,
-            namespace=event.blob.namespace,
-            blob=event.blob,
-            source=event.source,
-            received_at=event.received_at,
-            dicom_json=dicom_json,
-            fields=fields,
-        )
-        return [
-            OutgoingRecord(
-                topic=self.context.topic(Topic.METADATA),
-                key=event.identity.study_instance_uid,
-                value=encode_event(extracted),
-            )
-        ]
+        return [metadata_record(self.context, event, _read_blob(self.context.blobs, event.blob))]
 
 
 @hookimpl
