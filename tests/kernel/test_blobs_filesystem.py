@@ -43,6 +43,17 @@ def test_an_object_of_the_spool_is_linked_not_written_again(
     assert not [p for p in target.parent.iterdir() if p.name.startswith(".tmp-")]
 
 
+def test_linking_the_same_object_again_leaves_no_temporary_name(
+    stores: tuple[FilesystemBlobStore, FilesystemBlobStore],
+) -> None:
+    spool, blobs = stores
+    ref = spool.put(Namespace.SPOOL, "in/x.dcm", b"DICM")
+    for _ in range(2):  # a redelivered event: rename(2) of two links to one file does nothing
+        blobs.put_from(Namespace.ORIGINAL, "a/b/x.dcm", spool, ref)
+    folder = blobs.root / "original" / "a" / "b"
+    assert sorted(p.name for p in folder.iterdir()) == ["x.dcm", "x.dcm.sha256"]
+
+
 def test_a_store_that_cannot_link_copies(
     stores: tuple[FilesystemBlobStore, FilesystemBlobStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -160,10 +160,11 @@ def _link(source: Path, path: Path) -> bool:
         raise
     try:
         os.replace(tmp, path)
-    except BaseException:
+    finally:
+        # rename(2) does nothing when both names already link one file (a redelivered
+        # event): then `tmp` is still there.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
     return True
 
 
