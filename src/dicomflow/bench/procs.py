@@ -70,6 +70,15 @@ def read_memory(pid: int) -> tuple[int, int]:
     return parse_status_kib(text, "VmRSS"), parse_status_kib(text, "VmHWM")
 
 
+def read_file_backed_rss(pid: int) -> int:
+    """The file-backed part of a process's RSS (RssFile: mapped files such as an mmap'd
+    SQLite index, reclaimable page cache rather than the process's own memory); 0 if gone."""
+    try:
+        return parse_status_kib((PROC / str(pid) / "status").read_text(), "RssFile")
+    except OSError:
+        return 0
+
+
 def all_stats() -> dict[int, ProcStat]:
     stats: dict[int, ProcStat] = {}
     for entry in PROC.iterdir():

@@ -177,11 +177,18 @@ class Bench:
 
     def current_rss(self, server: DicomflowServer) -> dict[str, Any]:
         by_role: dict[str, int] = {}
+        file_backed: dict[str, int] = {}
         for pid in server.pids():
             rss, _ = procs.read_memory(pid)
             role = server.role_of(pid)
             by_role[role] = by_role.get(role, 0) + rss
-        return {"total_bytes": sum(by_role.values()), "by_role_bytes": by_role}
+            file_backed[role] = file_backed.get(role, 0) + procs.read_file_backed_rss(pid)
+        return {
+            "total_bytes": sum(by_role.values()),
+            "by_role_bytes": by_role,
+            "file_backed_bytes": sum(file_backed.values()),
+            "file_backed_by_role_bytes": file_backed,
+        }
 
     # -- phase 1: ingest -------------------------------------------------------------------
 
