@@ -8,7 +8,7 @@ from index_archive import event_of
 
 from dicomflow.indexer import open_index
 from dicomflow.indexer.base import SearchRequest
-from dicomflow.indexer.embedded import INDEX_FILE, EmbeddedStudyIndex, _BatchWriter
+from dicomflow.indexer.embedded import INDEX_FILE, MMAP_BYTES, EmbeddedStudyIndex, _BatchWriter
 from dicomflow.indexer.exceptions import IndexerError, InvalidQuery
 from dicomflow.indexer.levels import Level
 from dicomflow.indexer.query import parse_lucene
@@ -27,6 +27,17 @@ def test_open_index_puts_one_wal_file_under_data_dir(tmp_path: Path) -> None:
     index.close()
     with pytest.raises(IndexerError, match="closed"):
         index.counts(Namespace.ORIGINAL)
+
+
+def test_the_writer_maps_none_of_the_index_and_readers_do(tmp_path: Path) -> None:
+    """A map would make the index processor's RSS grow with the index."""
+    settings = Settings(data_dir=tmp_path)
+    writer, reader = open_index(settings, writer=True), open_index(settings)
+    assert isinstance(writer, EmbeddedStudyIndex) and isinstance(reader, EmbeddedStudyIndex)
+    assert writer._conn().execute("PRAGMA mmap_size").fetchone() == (0,)
+    assert reader._conn().execute("PRAGMA mmap_size").fetchone() == (MMAP_BYTES,)
+    writer.close()
+    reader.close()
 
 
 def test_statistics_are_refreshed_as_the_index_grows(

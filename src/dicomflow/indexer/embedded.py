@@ -792,13 +792,27 @@ class _Compiler:
 # --- the index -------------------------------------------------------------------------------
 
 
-class EmbeddedStudyIndex(StudyIndex):
-    """The SQLite search index under `directory` (``<data_dir>/index``)."""
+# Readers map up to this much of the index file: queries read pages without copying them.
+# Mapped pages count in the RSS of the process (as file-backed, reclaimable memory).
+MMAP_BYTES = 256 << 20
 
-    def __init__(self, directory: Path, *, busy_timeout: float = 30.0) -> None:
+
+class EmbeddedStudyIndex(StudyIndex):
+    """The SQLite search index under `directory` (``<data_dir>/index``).
+
+    `mmap_bytes` is how much of the file each connection maps. The index processor passes 0:
+    its reads are the b-tree pages its upserts touch, which SQLite's own bounded page cache
+    holds as well, and a map would make its RSS grow with the index (130 MB from 10k to 100k
+    instances in the benchmark).
+    """
+
+    def __init__(
+        self, directory: Path, *, busy_timeout: float = 30.0, mmap_bytes: int = MMAP_BYTES
+    ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / INDEX_FILE
         self.busy_timeout = busy_timeout
+        self.mmap_bytes = mmap_bytes
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -829,7 +843,7 @@ class EmbeddedStudyIndex(StudyIndex):
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA cache_size = -16384")  # per connection; mmap does the rest
             conn.execute("PRAGMA temp_store = MEMORY")
-            conn.execute("PRAGMA mmap_size = 268435456")
+            conn.execute(f"PRAGMA mmap_size = {int(self.mmap_bytes)}")
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)

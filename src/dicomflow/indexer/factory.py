@@ -10,8 +10,11 @@ from dicomflow.kernel.settings import IndexBackend, Settings
 ELASTICSEARCH_MODULE = "dicomflow.indexer.elasticsearch"
 
 
-def open_index(settings: Settings) -> StudyIndex:
+def open_index(settings: Settings, *, writer: bool = False) -> StudyIndex:
     """The index of `settings.index`: embedded (SQLite under data_dir/index) or Elasticsearch.
+
+    `writer` is for the index processor: the embedded index then maps none of its file into
+    memory (see `EmbeddedStudyIndex`).
 
     The Elasticsearch back end is `ElasticsearchStudyIndex(url, prefix=...)` in
     `dicomflow.indexer.elasticsearch`, imported only when configured.
@@ -32,6 +35,6 @@ def open_index(settings: Settings) -> StudyIndex:
                 settings.elasticsearch_url, prefix=settings.elasticsearch_prefix
             ),
         )
-    from dicomflow.indexer.embedded import EmbeddedStudyIndex
+    from dicomflow.indexer.embedded import MMAP_BYTES, EmbeddedStudyIndex
 
-    return EmbeddedStudyIndex(settings.data_dir / "index")
+    return EmbeddedStudyIndex(settings.data_dir / "index", mmap_bytes=0 if writer else MMAP_BYTES)

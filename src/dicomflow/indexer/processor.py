@@ -44,7 +44,9 @@ class IndexProcessor(Processor):
         super().__init__(context)
         shared = context.extras.get(INDEX_EXTRA)
         self._owns_index = not isinstance(shared, StudyIndex)
-        self.index = shared if isinstance(shared, StudyIndex) else open_index(context.settings)
+        self.index = (
+            shared if isinstance(shared, StudyIndex) else open_index(context.settings, writer=True)
+        )
 
     def handle(self, record: Record) -> list[OutgoingRecord]:
         self.index.upsert([_decode(record)])
