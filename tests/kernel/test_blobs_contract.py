@@ -78,7 +78,7 @@ def test_corruption_is_detected(store: BlobStore, tmp_path: Path) -> None:
         store.get_verified(ref)
 
 
-def _disk_full(fd: int) -> None:
+def _disk_full(*args: object) -> None:
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
@@ -144,3 +144,29 @@ def test_objects_put_in_a_batch_are_there_when_it_ends(store: BlobStore, tmp_pat
     assert store.get_verified(first) == b"one"
     assert store.get_verified(second) == b"linked"
     assert sorted(store.keys(Namespace.ORIGINAL, "b/")) == ["b/1.dcm", "b/2.dcm"]
+
+
+def test_many_objects_put_in_one_batch(store: BlobStore) -> None:
+    with store.batch():
+        refs = [store.put(Namespace.ORIGINAL, f"m/{n}.dcm", b"%d" % n * 1000) for n in range(40)]
+    assert [store.get_verified(ref) for ref in refs] == [b"%d" % n * 1000 for n in range(40)]
+
+
+def test_a_batch_whose_write_fails_raises_at_its_end(
+    store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deferred write that fails is a transient failure of the whole batch, never lost."""
+    if isinstance(store, FilesystemBlobStore):
+        monkeypatch.setattr("dicomflow.kernel.blobs.filesystem.sync_files", _disk_full)
+    else:
+        real_put = store._client.put_object  # type: ignore[attr-defined]
+
+        def failing_put(bucket: str, key: str, *args: object, **kwargs: object) -> object:
+            if key == "f/2.dcm":
+                raise OSError("connection reset by peer")
+            return real_put(bucket, key, *args, **kwargs)
+
+        monkeypatch.setattr(store._client, "put_object", failing_put)  # type: ignore[attr-defined]
+    with pytest.raises(BackendUnavailable), store.batch():
+        for n in range(4):
+            store.put(Namespace.ORIGINAL, f"f/{n}.dcm", b"x")

@@ -4,11 +4,17 @@ One bucket per namespace (``<prefix>-original``, ``<prefix>-deidentified``, ``<p
 Objects are stored as ``application/dicom`` with their SHA-256 in the object metadata; a write is
 checked against the server's ETag (MD5 for single-part uploads), a verified read against the
 SHA-256. Objects over 16 MiB are uploaded in parts.
+
+Inside a `batch()` block the uploads run in parallel (a pool of connections) and the block's
+end waits for all of them: a processor batch costs about one round trip, not one per object.
 """
 
+import contextlib
 import hashlib
 import io
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from dicomflow.kernel.blobs.base import DICOM_CONTENT_TYPE, BlobStore, check_key, sha256_of
@@ -30,6 +36,15 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 _PART_SIZE = 16 * 1024 * 1024
 _SHA_META = "sha256"
 _NOT_FOUND = ("NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound")
+_PARALLEL_UPLOADS = 8
+
+
+class _Deferred(threading.local):
+    """The open `batch()` of one thread: its depth and its uploads in flight."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.uploads: list[Future[None]] = []
 
 
 class S3BlobStore(BlobStore):
@@ -45,7 +60,7 @@ class S3BlobStore(BlobStore):
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=5, read=120),
             retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(502, 503, 504)),
-            maxsize=16,
+            maxsize=16,  # at least _PARALLEL_UPLOADS, plus the readers
         )
         self._client = Minio(
             endpoint,
@@ -57,6 +72,9 @@ class S3BlobStore(BlobStore):
         )
         self._prefix = bucket_prefix
         self._ready: set[str] = set()
+        self._deferred = _Deferred()
+        self._uploads: ThreadPoolExecutor | None = None
+        self._uploads_lock = threading.Lock()
 
     def bucket(self, namespace: Namespace) -> str:
         return f"{self._prefix}-{Namespace(namespace).value}"
@@ -87,6 +105,44 @@ class S3BlobStore(BlobStore):
         check_key(key)
         bucket = self._ensure_bucket(namespace)
         digest = sha256_of(data)
+        if self._deferred.depth:
+            upload = self._pool().submit(self._upload, bucket, key, data, digest)
+            self._deferred.uploads.append(upload)
+        else:
+            self._upload(bucket, key, data, digest)
+        return BlobRef(namespace=namespace, key=key, size=len(data), sha256=digest)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        state = self._deferred
+        state.depth += 1
+        try:
+            yield
+        except BaseException:
+            state.depth -= 1
+            if not state.depth:
+                # Let the uploads end (they cannot be recalled); the block's error says more.
+                wait(state.uploads)
+                state.uploads = []
+            raise
+        state.depth -= 1
+        if state.depth or not state.uploads:
+            return
+        uploads, state.uploads = state.uploads, []
+        wait(uploads)
+        failed = [error for error in (u.exception() for u in uploads) if error is not None]
+        if failed:
+            raise BackendUnavailable(
+                f"{len(failed)} of {len(uploads)} S3 uploads of a batch failed: {failed[0]}"
+            ) from failed[0]
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._uploads_lock:
+            if self._uploads is None:
+                self._uploads = ThreadPoolExecutor(_PARALLEL_UPLOADS, thread_name_prefix="s3-put")
+            return self._uploads
+
+    def _upload(self, bucket: str, key: str, data: bytes, digest: str) -> None:
         result = self._call(
             "put",
             self._client.put_object,
@@ -102,7 +158,6 @@ class S3BlobStore(BlobStore):
         single_part = len(data) <= _PART_SIZE and etag and "-" not in etag
         if single_part and etag != hashlib.md5(data, usedforsecurity=False).hexdigest():
             raise ChecksumMismatch(f"S3 stored {key} with a different MD5 than sent")
-        return BlobRef(namespace=namespace, key=key, size=len(data), sha256=digest)
 
     def get(self, namespace: Namespace, key: str) -> bytes:
         check_key(key)
@@ -148,3 +203,9 @@ class S3BlobStore(BlobStore):
             if exc.code in _NOT_FOUND:
                 return
             raise BackendUnavailable(f"S3 list failed: {exc.code}") from exc
+
+    def close(self) -> None:
+        with self._uploads_lock:
+            if self._uploads is not None:
+                self._uploads.shutdown(wait=True)
+                self._uploads = None
