@@ -1,7 +1,6 @@
 """The processor runtime: publish-then-commit, dead letters, retries on back-pressure."""
 
 import errno
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -15,7 +14,7 @@ from dicomflow.kernel.events import DeadLetter, Namespace, Topic, decode_event
 from dicomflow.kernel.exceptions import BackPressure
 from dicomflow.kernel.settings import Settings
 from dicomflow.processors.base import Processor, ProcessorContext
-from dicomflow.processors.runtime import BATCH_SECONDS, ProcessorRunner, dead_letter_topic
+from dicomflow.processors.runtime import ProcessorRunner, dead_letter_topic
 
 
 class Echo(Processor):
@@ -169,26 +168,19 @@ def test_a_full_blob_store_is_retried_never_dead_lettered(
     assert runner.processor.context.blobs.get(Namespace.ORIGINAL, "0.dcm") == b"acknowledged"
 
 
-class Slow(Echo):
-    def handle(self, record: Record) -> list[OutgoingRecord]:
-        time.sleep(0.01)
-        return super().handle(record)
+class Picky(Echo):
+    batch_size = 3
 
 
-def test_batches_are_sized_to_take_a_quarter_of_a_second(bus: EmbeddedBus, tmp_path: Path) -> None:
-    """Nothing of a batch is published before all of it is done: batches are cut by time."""
+def test_a_batch_is_at_most_the_processors_batch_size(bus: EmbeddedBus, tmp_path: Path) -> None:
+    """Nothing of a batch is published before all of it is done: each processor bounds it."""
     producer = bus.producer()
     producer.publish_many(
-        [OutgoingRecord(bus.topic(Topic.RECEIVED), "study", b"x") for _ in range(100)]
+        [OutgoingRecord(bus.topic(Topic.RECEIVED), "study", b"x") for _ in range(7)]
     )
     runner = _runner(bus, tmp_path)
-    runner.processor = Slow(runner.processor.context)
-    assert runner.step(timeout=1) == 32  # before any pace is known
-    # At least 10 ms a record: at most 25 records fit in BATCH_SECONDS.
-    assert 1 <= runner.batch_limit() <= BATCH_SECONDS / 0.01
-    assert 1 <= runner.step(timeout=1) <= 25
-
-    runner._seconds_per_record = 0.0001  # cheap records: the largest batches
-    assert runner.batch_limit() == runner.batch_size == 500
-    runner._seconds_per_record = 60.0  # a record a minute: one at a time
-    assert runner.batch_limit() == 1
+    runner.processor = Picky(runner.processor.context)
+    assert ProcessorRunner(runner.processor, runner.consumer, producer, "dl").batch_size == 3
+    assert runner.batch_size == Echo.batch_size == 100  # the runner of _runner was built for Echo
+    runner.batch_size = 3
+    assert [runner.step(timeout=1) for _ in range(4)] == [3, 3, 1, 0]

@@ -48,6 +48,10 @@ class Processor(ABC):
     name: ClassVar[str]
     topics: ClassVar[tuple[Topic, ...]]
     description: ClassVar[str] = ""
+    # Most records per batch. Nothing of a batch is published before all of it is handled:
+    # a batch should take a fraction of a second, and be large enough to share its fixed
+    # costs (one commit, one publish, one blob sync; a bulk request for an index).
+    batch_size: ClassVar[int] = 100
 
     def __init__(self, context: ProcessorContext) -> None:
         self.context = context

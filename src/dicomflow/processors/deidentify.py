@@ -50,6 +50,8 @@ class DeidentifyProcessor(Processor):
         "De-identified copy of every original (PS3.15 Basic Profile, keyed-hash pseudonyms)."
     )
 
+    batch_size = 16  # a decode, the profile and an encode each: the costliest processor
+
     def __init__(self, context: ProcessorContext) -> None:
         super().__init__(context)
         self.options = DeidentifyOptions.from_settings(context.settings)

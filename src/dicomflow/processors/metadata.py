@@ -396,6 +396,7 @@ class MetadataProcessor(Processor):
     name = "metadata"
     topics = (Topic.STORED,)
     description = "Extracts the DICOM JSON and search fields of every stored object."
+    batch_size = 64  # a verified read and a parse each
 
     def handle(self, record: Record) -> list[OutgoingRecord]:
         try:

@@ -33,11 +33,6 @@ RETRIES = Counter(
 LAG = Gauge("dicomflow_processor_lag", "Records not yet committed by the group", ["processor"])
 
 _MAX_BACKOFF = 30.0
-# What one batch may take. Nothing of a batch is published before all of it is handled, so its
-# first record waits for the whole batch: under a backlog a fixed 500-record batch of 5 ms
-# records held every object 2.5 s per processor on the way to the index.
-BATCH_SECONDS = 0.25
-_FIRST_BATCH = 32
 
 
 @dataclass
@@ -68,25 +63,21 @@ class ProcessorRunner:
         consumer: Consumer,
         producer: Producer,
         dead_letter_topic: str,
-        batch_size: int = 500,
+        batch_size: int | None = None,
     ) -> None:
         self.processor = processor
         self.consumer = consumer
         self.producer = producer
         self.dead_letter_topic = dead_letter_topic
-        self.batch_size = batch_size
+        # Nothing of a batch is published before all of it is handled, so its first record
+        # waits for the whole batch: each processor says how many of its records fit in a
+        # fraction of a second (a batch of 500 CT objects held each one ~5 s in the metadata
+        # processor of a busy machine).
+        self.batch_size = batch_size or processor.batch_size
         self.state = RunnerState(processor.name)
         self._stop = threading.Event()
         self._backoff = 0.0
         self._needs_seek = False
-        self._seconds_per_record = 0.0
-
-    def batch_limit(self) -> int:
-        """Records to poll next: as many as fit in BATCH_SECONDS at the measured pace."""
-        if self._seconds_per_record <= 0:
-            return min(self.batch_size, _FIRST_BATCH)
-        fits = int(BATCH_SECONDS / self._seconds_per_record)
-        return max(1, min(self.batch_size, fits))
 
     def stop(self) -> None:
         self._stop.set()
@@ -120,14 +111,13 @@ class ProcessorRunner:
                 # After a failed batch, go back to the last commit before reading on.
                 self.consumer.seek_to_committed()
                 self._needs_seek = False
-            records = self.consumer.poll(self.batch_limit(), timeout=timeout)
+            records = self.consumer.poll(self.batch_size, timeout=timeout)
         except (BackPressure, BackendUnavailable) as exc:
             self._retry_later(exc)
             return 0
         if not records:
             self._update_lag()
             return 0
-        started = time.monotonic()
         try:
             # One durability point for the blobs of the whole batch, before anything announces
             # them (the publish below).
@@ -144,12 +134,6 @@ class ProcessorRunner:
         except Exception as exc:  # the batch is safe; a failed clean-up is only reported
             log.warning("%s: clean-up after commit failed: %s", self.processor.name, exc)
         self._backoff = 0.0
-        # The pace includes each batch's fixed costs (publish, commit, sync), so the limit
-        # settles where a whole batch takes BATCH_SECONDS.
-        pace = (time.monotonic() - started) / len(records)
-        self._seconds_per_record = (
-            pace if self._seconds_per_record <= 0 else 0.7 * self._seconds_per_record + 0.3 * pace
-        )
         self.state.processed += len(records)
         self.state.dead_lettered += len(result.failed)
         PROCESSED.labels(self.processor.name).inc(len(records))

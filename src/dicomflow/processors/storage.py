@@ -32,6 +32,7 @@ class StorageProcessor(Processor):
     name = "storage"
     topics = (Topic.RECEIVED,)
     description = "Stores each received original in the blob store, keyed by its UIDs."
+    batch_size = 64  # a verified read, a link and a checksum file each
 
     def handle(self, record: Record) -> list[OutgoingRecord]:
         try:
