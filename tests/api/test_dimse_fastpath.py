@@ -466,3 +466,18 @@ def test_dcmtk_findscu_is_served_by_the_direct_acceptor(archive: Archive, tmp_pa
     assert len(answers) == 1 and str(answers[0].PatientName).startswith("D")
     assert sorted(answers[0].ModalitiesInStudy) == ["CT", "MR"]
     assert len(calls) == 1 and calls[0].calling_ae == "FINDER"
+
+
+def test_an_identifier_over_the_size_limit_is_refused(archive: Archive) -> None:
+    limited = another_port(archive).model_copy(update={"max_object_bytes": 200})
+    with running_scp(archive, limited) as running:
+        assoc = associate(running.port, "FINDER", FIND)
+        wait_until_served(running, (1, 0))
+        [refused] = final_statuses(
+            assoc.send_c_find(identifier("STUDY", PatientName="D" * 300), FIND)
+        )
+        [*answers, final] = list(assoc.send_c_find(study_query(), FIND))  # it goes on
+        assoc.release()
+    assert refused.Status == 0xA700
+    assert "exceeds the limit of 200 bytes" in refused.ErrorComment
+    assert len(answers) == 3 and final[0].Status == 0

@@ -390,7 +390,7 @@ class StoreServer(ThreadedAssociationServer):
             try:
                 served = self.fast.serve(request, client_address)
             except Exception:
-                log.exception("storage association from %s failed", client_address)
+                log.exception("association from %s failed (direct acceptor)", client_address)
                 served = True
             if served:
                 self.shutdown_request(request)
