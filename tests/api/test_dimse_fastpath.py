@@ -438,6 +438,21 @@ def test_an_abort_during_the_answers_ends_the_association(scp: QueryRetrieveSCP)
     assoc.release()
 
 
+def test_a_release_during_the_answers_ends_them_and_is_answered(scp: QueryRetrieveSCP) -> None:
+    raw = RawAssociation(scp.port, (FIND, [ExplicitVRLittleEndian]))
+    query = encode(identifier("IMAGE", SOPInstanceUID=""), False, True)
+    raw.sock.sendall(raw.find_request(query) + bytes((0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0)))
+    kinds = []
+    while not kinds or kinds[-1] == 0x04:
+        kind, body = raw.read_pdu()
+        kinds.append(kind)
+        if kind == 0x04 and body[5] & 0x01:  # a response command: never a failure
+            assert _status(body[6:]) in PENDING
+    raw.sock.close()
+    assert kinds[-1] == 0x06  # A-RELEASE-RP
+    wait_until_served(scp, (0, 0))
+
+
 # --- DCMTK findscu --------------------------------------------------------------------------
 
 

@@ -48,10 +48,6 @@ _MAX_RQ_BYTES = 1 << 20  # larger associate requests are left to pynetdicom
 _PREALLOCATED_BYTES = 4 << 20  # larger PDUs are read in parts of this size
 
 
-class _Released(Exception):
-    """The peer asked to release the association while a C-FIND was being answered."""
-
-
 def _status_fields(status: int | Dataset) -> tuple[int, str]:
     if isinstance(status, Dataset):
         return int(status.Status), str(status.get("ErrorComment", "") or "")
@@ -262,7 +258,7 @@ class _Connection:
             log.warning("association from %s aborted: %s", self.address, why)
             with contextlib.suppress(OSError):
                 self.sock.sendall(pdu.encode_abort(2, 0))
-        except _Released:
+        except pdu.Released:
             with contextlib.suppress(OSError):
                 self.sock.sendall(pdu.RELEASE_RP_PDU)
         except (ConnectionError, TimeoutError, OSError) as exc:
@@ -423,14 +419,14 @@ class _Connection:
         """Whether a C-CANCEL-RQ for `message_id` has arrived (reads what waits, never blocks).
 
         While a C-FIND is answered the peer may only send C-CANCEL-RQs, A-RELEASE-RQ or
-        A-ABORT: a release ends the answers (`_Released`), anything else aborts.
+        A-ABORT: a release ends the answers (`pdu.Released`), anything else aborts.
         """
         while self._readable():
             kind, body = self._read_pdu()
             if kind == pdu.ABORT:
                 raise ConnectionError("the peer aborted the association")
             if kind == pdu.RELEASE_RQ:
-                raise _Released
+                raise pdu.Released
             if kind != pdu.P_DATA:
                 raise Abort(f"unexpected PDU type 0x{kind:02X} during a C-FIND")
             self._read_cancel(body)

@@ -139,7 +139,7 @@ def serve_find(
     """Answer one C-FIND-RQ on `channel` with the responses of `handler`.
 
     Connection errors (an A-ABORT, a closed socket, a protocol error read while checking for
-    a C-CANCEL-RQ) propagate: the association ends, no more is sent.
+    a C-CANCEL-RQ) and an A-RELEASE-RQ propagate: no more is sent for this request.
     """
     message_id = fields.get(pdu.MESSAGE_ID, b"\0\0")
     sop_class = fields.get(pdu.AFFECTED_SOP_CLASS_UID, b"")
@@ -153,8 +153,8 @@ def serve_find(
     while True:
         try:
             response = next(responses, None)
-        except (ConnectionError, TimeoutError, pdu.Abort):
-            raise
+        except (ConnectionError, TimeoutError, pdu.Abort, pdu.Released):
+            raise  # the association ends (or is released): nothing more to answer
         except Exception:
             log.exception("C-FIND: the handler failed")
             final(HANDLER_FAILED)

@@ -56,6 +56,10 @@ class Abort(Exception):
     """The peer broke the protocol: answer with an A-ABORT and close."""
 
 
+class Released(Exception):
+    """The peer asked to release the association while a message was being answered."""
+
+
 def _items(data: bytes, pos: int, end: int) -> Iterator[tuple[int, bytes]]:
     while pos < end:
         if pos + 4 > end:
