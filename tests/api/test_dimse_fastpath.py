@@ -496,3 +496,20 @@ def test_an_identifier_over_the_size_limit_is_refused(archive: Archive) -> None:
     assert refused.Status == 0xA700
     assert "exceeds the limit of 200 bytes" in refused.ErrorComment
     assert len(answers) == 3 and final[0].Status == 0
+
+
+def test_find_associations_count_against_the_shared_limit(archive: Archive) -> None:
+    limited = another_port(archive).model_copy(update={"dicom_max_associations": 2})
+    with running_scp(archive, limited) as running:
+        held = [associate(running.port, "FINDER", FIND), associate(running.port, "ALL", MOVE)]
+        try:
+            wait_until_served(running, (1, 1))  # one on each acceptor
+            extra = associate(running.port, "FINDER", FIND)
+            assert extra.is_rejected
+            primitive = extra.acceptor.primitive
+            assert primitive is not None
+            assert (primitive.result, primitive.result_source, primitive.diagnostic) == (2, 3, 2)
+            assert len(list(held[0].send_c_find(study_query(), FIND))) == 4
+        finally:
+            for assoc in held:
+                assoc.release()
