@@ -9,12 +9,15 @@ only (``/dicomweb/deidentified``). docs/conformance.md states the behaviour in f
   matching keys turned into a query by `qido_to_query` (the very rules of QIDO-RS), its
   return keys asked for as ``include_fields``. Text is read in the identifier's Specific
   Character Set and answered in it when it can hold the values, else in UTF-8 (ISO_IR 192).
+  `answer_find` is the one implementation: pynetdicom's EVT_C_FIND handler (`find`) and the
+  direct acceptor (`find_encoded`, given as the extension's `FindService`; it serves the
+  associations that propose no C-MOVE or C-GET) only encode its answers differently.
 - C-MOVE and C-GET find the instances through the index (the unique keys of the identifier)
   and send the originals from the blob store as they were received; pynetdicom runs the
   C-STORE sub-operations and counts them. An instance that cannot be read or sent is
   reported as a failed sub-operation and the others go on.
 
-Index calls run on a small thread pool of their own: pynetdicom starts a thread per
+Index calls run on a small thread pool of their own: both acceptors start a thread per
 association and an index may keep a connection per thread.
 """
 
