@@ -9,7 +9,14 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
 from pynetdicom import AE, build_role, evt
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -27,6 +34,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from dicomflow.api.dimse import (
     InformationModel,
     QueryRetrieveService,
+    answer_bytes,
     answer_dataset,
     answer_json,
     encode_answer,
@@ -744,6 +752,17 @@ def test_answers_are_encoded_as_pydicom_would(
             reference = encode(Dataset.from_json(answer), implicit, little_endian)
             assert encode(fast, implicit, little_endian) == reference
         assert answer_dataset(answer, little_endian).Rows == 64
+        # ... and the direct acceptor's bytes are those pynetdicom sends.
+        for syntax in SYNTAXES[little_endian]:
+            uid = UID(syntax)
+            sent = encode(answer_dataset(answer, little_endian), uid.is_implicit_VR, little_endian)
+            assert answer_bytes(answer, syntax) == sent
+
+
+SYNTAXES = {
+    True: [ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+    False: [ExplicitVRBigEndian],
+}
 
 
 def test_answers_with_sequences_go_through_pydicom(archive: Archive, filled: list[Dataset]) -> None:
@@ -757,3 +776,6 @@ def test_answers_with_sequences_go_through_pydicom(archive: Archive, filled: lis
     assert encode_answer(answer, "ascii", True) is None
     dataset = answer_dataset(answer)
     assert len(dataset.ReferencedStudySequence) == 1
+    assert answer_bytes(answer, ExplicitVRLittleEndian) == encode(dataset, False, True)
+    deflated = answer_bytes(answer, DeflatedExplicitVRLittleEndian)
+    assert decode(BytesIO(deflated), False, True, True).ReferencedStudySequence is not None

@@ -11,6 +11,8 @@ import pytest
 from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pynetdicom.dimse_messages import C_FIND_RSP
+from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dsutils import create_file_meta, encode, encode_file_meta
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
@@ -18,7 +20,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from dicomflow.ingest import fastpath
+from dicomflow.ingest import fastpath, findpath, pdu
 from dicomflow.ingest.exceptions import InvalidObject
 from dicomflow.ingest.receiver import (
     file_meta_bytes,
@@ -117,15 +119,13 @@ def _associate_rq(*abstract_syntaxes: str, user_identity: bool = False) -> bytes
 
 
 def test_plain_storage_requests_are_served_directly() -> None:
-    request = fastpath.parse_associate_rq(
-        _associate_rq(str(CTImageStorage), str(Verification)), STORAGE
-    )
+    request = pdu.parse_associate_rq(_associate_rq(str(CTImageStorage), str(Verification)), STORAGE)
     assert request.max_pdu == 16384
     assert request.called_ae.strip() == b"DICOMFLOW"
-    accepted, answers = fastpath.negotiate(request, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    accepted, answers = pdu.negotiate(request, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
     assert accepted == {1: "1.2.840.10008.1.2.1", 3: "1.2.840.10008.1.2.1"}
     assert [result for _, result, _ in answers] == [0, 0]
-    _, refused = fastpath.negotiate(request, ["1.2.840.10008.1.2.4.50"])
+    _, refused = pdu.negotiate(request, ["1.2.840.10008.1.2.4.50"])
     assert [result for _, result, _ in refused] == [4, 4]
 
 
@@ -139,18 +139,18 @@ def test_plain_storage_requests_are_served_directly() -> None:
 def test_other_requests_are_left_to_pynetdicom(
     syntaxes: tuple[str, ...], user_identity: bool
 ) -> None:
-    with pytest.raises(fastpath._NotForUs):
-        fastpath.parse_associate_rq(_associate_rq(*syntaxes, user_identity=user_identity), STORAGE)
+    with pytest.raises(pdu.NotForUs):
+        pdu.parse_associate_rq(_associate_rq(*syntaxes, user_identity=user_identity), STORAGE)
 
 
 def test_responses_respect_the_peer_maximum_pdu() -> None:
-    command = fastpath.encode_response(0x8001, b"\x01\x00", b"1.2.3", 0xC210, b"4.5.6", "bad")
-    fields = fastpath.parse_command(command)
+    command = pdu.encode_response(0x8001, b"\x01\x00", b"1.2.3", 0xC210, b"4.5.6", "bad")
+    fields = pdu.parse_command(command)
     assert fields[0x00000900] == b"\x10\xc2"
     assert fields[0x00000902].rstrip() == b"bad"
-    whole = fastpath.encode_p_data(1, command, 0)
+    whole = pdu.encode_p_data(1, command, 0)
     assert whole[0] == 0x04 and whole.count(b"\x04\x00") >= 1
-    pieces = fastpath.encode_p_data(1, command, 40)
+    pieces = pdu.encode_p_data(1, command, 40)
     assert len(pieces) > len(whole)
     # every PDU body is within the limit and only the last PDV is flagged last
     pos, flags = 0, []
@@ -235,3 +235,66 @@ def test_a_stored_object_reads_back_with_its_meta(ct_instance: Dataset) -> None:
     ds = pydicom.dcmread(BytesIO(data + encoded))
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
     assert ds.PixelData == ct_instance.PixelData
+
+
+@pytest.mark.parametrize(
+    ("status", "with_dataset", "comment", "offending"),
+    [
+        (0xFF00, True, "", []),
+        (0x0000, False, "", []),
+        (0xFE00, False, "", []),
+        (0xA900, False, "QueryRetrieveLevel 'WARD' is not PATIENT/STUDY/SERIES/IMAGE", [0x80052]),
+        (0xC000, False, "two offending", [0x100010, 0x80020]),
+        (0xA700, False, "Müller: not ASCII", []),
+    ],
+)
+def test_find_responses_match_pynetdicom(
+    status: int, with_dataset: bool, comment: str, offending: list[int]
+) -> None:
+    rsp = C_FIND()
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID = StudyRootQueryRetrieveInformationModelFind
+    rsp.Status = status
+    if comment:
+        rsp.ErrorComment = comment
+    if offending:
+        rsp.OffendingElement = offending
+    if with_dataset:
+        rsp.Identifier = BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
+    message = C_FIND_RSP()
+    message.primitive_to_message(rsp)
+    expected = encode(message.command_set, True, True)
+    sop_class = str(StudyRootQueryRetrieveInformationModelFind).encode() + b"\0"
+    command = findpath.encode_find_response(
+        (7).to_bytes(2, "little"), sop_class, status, with_dataset, comment, offending
+    )
+    assert command == expected
+
+
+def test_identifiers_go_in_data_set_fragments() -> None:
+    data = bytes(range(100))
+    pieces = pdu.encode_p_data(3, data, 40, command=False)
+    found = [(cid, header, bytes(fragment)) for cid, header, fragment in _pdvs(pieces)]
+    assert b"".join(fragment for _, _, fragment in found) == data
+    assert {cid for cid, _, _ in found} == {3}
+    assert [header for _, header, _ in found] == [0x00] * (len(found) - 1) + [0x02]
+
+
+def _pdvs(pieces: bytes) -> list[tuple[int, int, memoryview]]:
+    out = []
+    pos = 0
+    while pos < len(pieces):
+        length = int.from_bytes(pieces[pos + 2 : pos + 6], "big")
+        out.extend(pdu.pdvs(pieces[pos + 6 : pos + 6 + length]))
+        pos += 6 + length
+    return out
+
+
+def test_find_associations_are_served_directly_when_a_find_service_is_given() -> None:
+    rq = _associate_rq(str(CTImageStorage), str(StudyRootQueryRetrieveInformationModelFind))
+    find = str(StudyRootQueryRetrieveInformationModelFind)
+    request = pdu.parse_associate_rq(rq, STORAGE | {find})
+    accepted, _ = pdu.negotiate(
+        request, ["1.2.840.10008.1.2"], {find: ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]}
+    )
+    assert accepted == {1: "1.2.840.10008.1.2", 3: "1.2.840.10008.1.2.1"}

@@ -9,12 +9,15 @@ only (``/dicomweb/deidentified``). docs/conformance.md states the behaviour in f
   matching keys turned into a query by `qido_to_query` (the very rules of QIDO-RS), its
   return keys asked for as ``include_fields``. Text is read in the identifier's Specific
   Character Set and answered in it when it can hold the values, else in UTF-8 (ISO_IR 192).
+  `answer_find` is the one implementation: pynetdicom's EVT_C_FIND handler (`find`) and the
+  direct acceptor (`find_encoded`, given as the extension's `FindService`; it serves the
+  associations that propose no C-MOVE or C-GET) only encode its answers differently.
 - C-MOVE and C-GET find the instances through the index (the unique keys of the identifier)
   and send the originals from the blob store as they were received; pynetdicom runs the
   C-STORE sub-operations and counts them. An instance that cannot be read or sent is
   reported as a failed sub-operation and the others go on.
 
-Index calls run on a small thread pool of their own: pynetdicom starts a thread per
+Index calls run on a small thread pool of their own: both acceptors start a thread per
 association and an index may keep a connection per thread.
 """
 
@@ -45,6 +48,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 from pynetdicom import build_context, evt
 from pynetdicom.ae import ApplicationEntity
+from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
@@ -68,6 +72,7 @@ from dicomflow.indexer.query import Query, qido_to_query
 from dicomflow.indexer.values import keyword_of_tag, tag_hex, tag_of_keyword
 from dicomflow.ingest.access import NOT_AUTHORIZED, AccessGuard, AccessPolicy, DimseService
 from dicomflow.ingest.audit import DimseAudit
+from dicomflow.ingest.findpath import EncodedFindResponse, FindRequest, FindService
 from dicomflow.ingest.scp import ServiceExtension
 from dicomflow.kernel.audit import AuditAction
 from dicomflow.kernel.backends import open_blob_store
@@ -149,6 +154,8 @@ _TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
 
 Status: TypeAlias = int | Dataset
 FindResponse: TypeAlias = tuple[Status, Dataset | None]
+Answer: TypeAlias = dict[str, Any]
+"""One C-FIND answer as DICOM JSON."""
 
 
 # --- identifiers ----------------------------------------------------------------------------
@@ -439,14 +446,12 @@ def _text(value: object, vr: str) -> str:
     return str(value)
 
 
-def encode_answer(answer: dict[str, Any], codec: str, little_endian: bool) -> Dataset | None:
-    """`answer` (DICOM JSON) as a dataset of raw, already encoded elements, or None.
-
-    pydicom writes raw elements as they are, which makes an answer about fifteen times
-    cheaper to send than through ``Dataset.from_json``. None when an element is of a kind
-    this does not encode (sequences, binary values): `_from_json` then does.
-    """
-    ds = Dataset()
+def _raw_elements(
+    answer: dict[str, Any], codec: str, little_endian: bool
+) -> list[tuple[int, str, bytes]] | None:
+    """The (tag, VR, encoded value) of every element of `answer`, or None when an element is
+    of a kind not encoded here (sequences, binary values, InlineBinary, BulkDataURI...)."""
+    elements: list[tuple[int, str, bytes]] = []
     try:
         for key, element in answer.items():
             vr = element.get("vr", "")
@@ -462,12 +467,78 @@ def encode_answer(answer: dict[str, Any], codec: str, little_endian: bool) -> Da
             else:
                 return None
             if len(element) > 2 or (len(element) == 2 and "Value" not in element):
-                return None  # InlineBinary, BulkDataURI...
-            tag = Tag(int(key, 16))
-            ds[tag] = RawDataElement(tag, vr, len(data), data, 0, True, little_endian)
+                return None
+            elements.append((int(key, 16), vr, data))
     except (TypeError, ValueError, UnicodeEncodeError, struct.error):
         return None
+    return elements
+
+
+def encode_answer(answer: dict[str, Any], codec: str, little_endian: bool) -> Dataset | None:
+    """`answer` (DICOM JSON) as a dataset of raw, already encoded elements, or None.
+
+    pydicom writes raw elements as they are, which makes an answer about fifteen times
+    cheaper to send than through ``Dataset.from_json``. None when an element is of a kind
+    this does not encode (sequences, binary values): `_from_json` then does.
+    """
+    elements = _raw_elements(answer, codec, little_endian)
+    if elements is None:
+        return None
+    ds = Dataset()
+    for tag, vr, data in elements:
+        ds[tag] = RawDataElement(Tag(tag), vr, len(data), data, 0, True, little_endian)
     return ds
+
+
+# VRs with a 4-byte value length in explicit VR (PS3.5 7.1.2)
+_LONG_LENGTH_VRS = frozenset(
+    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+)
+
+
+def _write_elements(
+    elements: list[tuple[int, str, bytes]], implicit_vr: bool, little_endian: bool
+) -> bytes | None:
+    """Raw elements written as pydicom writes them (in tag order), or None if one is too long
+    for its VR's length field (pydicom decides what to do then)."""
+    order = "<" if little_endian else ">"
+    implicit, short, long = (
+        struct.Struct(order + "HHI"),
+        struct.Struct(order + "HH2sH"),
+        struct.Struct(order + "HH2s2xI"),
+    )
+    out: list[bytes] = []
+    for tag, vr, data in sorted(elements, key=lambda element: element[0]):
+        group, number = tag >> 16, tag & 0xFFFF
+        if implicit_vr:
+            out.append(implicit.pack(group, number, len(data)))
+        elif vr in _LONG_LENGTH_VRS:
+            out.append(long.pack(group, number, vr.encode(), len(data)))
+        elif len(data) <= 0xFFFF:
+            out.append(short.pack(group, number, vr.encode(), len(data)))
+        else:
+            return None
+        out.append(data)
+    return b"".join(out)
+
+
+def answer_bytes(answer: dict[str, Any], transfer_syntax: str) -> bytes:
+    """`answer` encoded in `transfer_syntax`: the bytes pynetdicom sends for `answer_dataset`
+    (written directly when its elements allow; b"" if it cannot be encoded)."""
+    syntax = UID(transfer_syntax)
+    little, implicit = syntax.is_little_endian, syntax.is_implicit_VR
+    if not syntax.is_deflated:
+        charset = answer.get(tag_hex(SPECIFIC_CHARACTER_SET), {}).get("Value", [])
+        elements = _raw_elements(answer, _codec(charset), little)
+        written = None if elements is None else _write_elements(elements, implicit, little)
+        if written is not None:
+            return written
+    try:
+        encoded = encode(answer_dataset(answer, little), implicit, little, syntax.is_deflated)
+    except Exception:  # pydicom raises many types on a value it cannot write
+        log.exception("C-FIND: an answer cannot be encoded")
+        return b""
+    return encoded or b""
 
 
 # --- retrieve -------------------------------------------------------------------------------
@@ -546,6 +617,21 @@ def _study_uids(documents: Sequence[dict[str, Any]]) -> list[str]:
     return [uid for uid in (_first(document, "0020000D") for document in documents) if uid]
 
 
+def find_request(event: Any) -> FindRequest:
+    """The request of a pynetdicom EVT_C_FIND event (or of a stand-in with its attributes)."""
+    who = Requestor.of(event)
+    context = getattr(event, "context", None)
+    return FindRequest(
+        sop_class=str(event.request.AffectedSOPClassUID),
+        transfer_syntax=str(context.transfer_syntax if context else ExplicitVRLittleEndian),
+        calling_ae=who.ae_title,
+        host=who.host,
+        port=who.port,
+        identifier=lambda: event.identifier,
+        is_cancelled=lambda: bool(event.is_cancelled),
+    )
+
+
 class QueryRetrieveService:
     """C-FIND, C-MOVE and C-GET SCP handlers over one index and one blob store."""
 
@@ -584,6 +670,10 @@ class QueryRetrieveService:
                 (evt.EVT_C_GET, self.get),
             ],
             configure=accept_retrieve_roles,
+            find=FindService(
+                self.find_encoded,
+                {str(model): [str(ts) for ts in QR_TRANSFER_SYNTAXES] for model in FIND_MODELS},
+            ),
         )
 
     # back ends, opened on first use: the SCP starts (and stores) even if they are down
@@ -628,16 +718,34 @@ class QueryRetrieveService:
     # C-FIND
 
     def find(self, event: Any) -> Iterator[FindResponse]:
-        """EVT_C_FIND: yields (Pending, answer) per match, then the final status."""
+        """EVT_C_FIND (pynetdicom): yields (Pending, answer) per match, then the final status."""
+        request = find_request(event)
+        little = UID(request.transfer_syntax).is_little_endian
+        for code, answer in self.answer_find(request):
+            yield code, None if answer is None else answer_dataset(answer, little)
+
+    def find_encoded(self, request: FindRequest) -> Iterator[EncodedFindResponse]:
+        """C-FIND on the direct acceptor: the responses of `find`, each answer encoded in the
+        request's transfer syntax (b"" if it cannot be)."""
+        for code, answer in self.answer_find(request):
+            yield code, None if answer is None else answer_bytes(answer, request.transfer_syntax)
+
+    def answer_find(self, request: FindRequest) -> Iterator[tuple[Status, Answer | None]]:
+        """A C-FIND: (Pending, answer as DICOM JSON) per match, then the final status.
+
+        The access guard first (0x0124), then the identifier (0xA900 / 0xC000), one index
+        search per request within DICOMFLOW_QUERY_TIMEOUT (0xA700), the audit record before
+        any answer (0xA700 if it cannot be written), C-CANCEL checked before each answer.
+        """
         started = time.monotonic()
-        model = FIND_MODELS[str(event.request.AffectedSOPClassUID)]
-        who = Requestor.of(event)
+        model = FIND_MODELS[request.sop_class]
+        who = Requestor(request.calling_ae, request.host, request.port)
         if not self.guard.permits(DimseService.FIND, who.ae_title, who.host, who.port):
             yield status(NOT_AUTHORIZED, f"{who.ae_title} may not query (not authorized)"), None
             return
         try:
             try:
-                identifier = event.identifier
+                identifier = request.identifier()
             except Exception as exc:
                 raise IdentifierError(f"the identifier cannot be decoded: {exc}") from exc
             keys = read_find_identifier(identifier, model)
@@ -647,14 +755,12 @@ class QueryRetrieveService:
             yield failure(exc), None
             return
         pending = PENDING_UNSUPPORTED_KEYS if keys.unsupported else PENDING
-        context = getattr(event, "context", None)
-        little = context is None or UID(context.transfer_syntax).is_little_endian
         maximum = self.settings.dicom_find_max_results
         include = [tag_hex(tag) for tag in keys.return_tags]
         deadline = self._deadline()
         sent = total = 0
         while sent < maximum:
-            request = SearchRequest(
+            search = SearchRequest(
                 namespace=NAMESPACE,
                 level=keys.level,
                 query=query,
@@ -663,7 +769,7 @@ class QueryRetrieveService:
                 include_fields=include,
             )
             try:
-                result = self._call(deadline, self.index.search, request)
+                result = self._call(deadline, self.index.search, search)
                 self._audit(
                     AuditAction.QUERY,
                     who,
@@ -689,11 +795,10 @@ class QueryRetrieveService:
                 return
             total = result.total
             for document in result.results:
-                if event.is_cancelled:
+                if request.is_cancelled():
                     yield CANCEL, None
                     return
-                answer = answer_json(document, keys, self.settings.ae_title)
-                yield pending, answer_dataset(answer, little)
+                yield pending, answer_json(document, keys, self.settings.ae_title)
             sent += len(result.results)
             if not result.results or sent >= total:
                 break

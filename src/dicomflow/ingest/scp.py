@@ -4,9 +4,10 @@ The C-STORE handler takes the encoded bytes as received (no decode/re-encode of 
 hands them to the `DurableReceiver` and answers Success only once the object is durable.
 Refusals map to DICOM statuses with an ErrorComment saying why.
 
-Plain storage associations (the bulk of the traffic) are served by `fastpath.FastAcceptor`
-on the same port, without pynetdicom's polling reactors; every other association (query and
-retrieve, unusual negotiations) goes to pynetdicom untouched. Both end in `store_encoded`.
+Plain storage associations (the bulk of the traffic) and plain C-FIND ones (when an extension
+gives a `FindService`) are served by `fastpath.FastAcceptor` on the same port, without
+pynetdicom's polling reactors; every other association (C-MOVE, C-GET, unusual negotiations)
+goes to pynetdicom untouched. Both end in `store_encoded` and the same find handler.
 """
 
 import logging
@@ -44,7 +45,9 @@ from dicomflow.ingest.access import (
     DimseService,
 )
 from dicomflow.ingest.exceptions import AccessConfigError, IngestError, InvalidObject
-from dicomflow.ingest.fastpath import AssociateRequest, FastAcceptor
+from dicomflow.ingest.fastpath import FastAcceptor
+from dicomflow.ingest.findpath import FindService
+from dicomflow.ingest.pdu import AssociateRequest
 from dicomflow.ingest.receiver import (
     DurableReceiver,
     file_meta_bytes,
@@ -176,9 +179,14 @@ def make_store_handler(
 
 
 def make_fast_acceptor(
-    ae: AE, receiver: DurableReceiver, settings: Settings, guard: AccessGuard
+    ae: AE,
+    receiver: DurableReceiver,
+    settings: Settings,
+    guard: AccessGuard,
+    find: FindService | None = None,
 ) -> FastAcceptor:
-    """The direct path for plain storage associations, with the AE's limits and timeouts."""
+    """The direct path for plain storage (and, with `find`, C-FIND) associations, with the
+    AE's limits and timeouts."""
 
     def admit(request: AssociateRequest, peer: tuple[str, int]) -> tuple[int, int, int] | None:
         calling = request.calling_ae.decode("ascii", "replace").strip()
@@ -213,6 +221,7 @@ def make_fast_acceptor(
         network_timeout=float(ae.network_timeout or 60),
         admit=admit,
         max_object_bytes=settings.max_object_bytes,
+        find=find,
     )
     return acceptor
 
@@ -381,7 +390,7 @@ class StoreServer(ThreadedAssociationServer):
             try:
                 served = self.fast.serve(request, client_address)
             except Exception:
-                log.exception("storage association from %s failed", client_address)
+                log.exception("association from %s failed (direct acceptor)", client_address)
                 served = True
             if served:
                 self.shutdown_request(request)
@@ -426,12 +435,14 @@ class ServiceExtension:
 
     `contexts` are (abstract syntax, transfer syntaxes) pairs to support; `scu_contexts` are
     abstract syntaxes the AE may propose as SCP/SCU role (C-GET sends C-STOREs back);
-    `handlers` are pynetdicom ``(event, handler)`` pairs.
+    `handlers` are pynetdicom ``(event, handler)`` pairs; `find` serves C-FIND on the direct
+    acceptor too (for associations that propose nothing pynetdicom must serve).
     """
 
     contexts: Sequence[tuple[str, Sequence[str]]] = ()
     handlers: Sequence[tuple[Any, Callable[..., Any]]] = ()
     configure: Callable[[AE], None] | None = None
+    find: FindService | None = None
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -506,7 +517,8 @@ def start_scp(
         request_handler=GuardedRequestHandler,
     )
     assert isinstance(server, StoreServer)
-    fast = make_fast_acceptor(ae, receiver, settings, guard)
+    find = next((extension.find for extension in extensions if extension.find), None)
+    fast = make_fast_acceptor(ae, receiver, settings, guard, find)
 
     def count() -> int:
         return acceptor_associations(ae, fast)
