@@ -1,4 +1,6 @@
-"""The clients of the bench: DCMTK storescu (C-STORE), timed QIDO-RS GETs and C-FIND.
+"""The clients of the bench: DCMTK storescu (C-STORE), timed QIDO-RS GETs, C-FIND identifiers.
+
+The C-FIND client itself is `dicomflow.bench.findscu`.
 
 storescu is the client of every C-STORE figure (as in the issue's reference figures). Parallel
 associations are parallel storescu processes, each on its own folder. ``TCP_NODELAY=1`` in its
@@ -6,9 +8,7 @@ environment turns Nagle's algorithm off in Debian's DCMTK; without it (the Debia
 client sends its small PDUs late and the figures show what the receiver does about it.
 """
 
-import logging
 import os
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -80,63 +80,6 @@ def send_folders(
         for log in logs:
             log.close()
     return SendResult(time.perf_counter() - started, tuple(codes))
-
-
-class NotSupported(Exception):
-    """The peer does not offer the service (no C-FIND SCP, say)."""
-
-
-class CFindClient:
-    """One association to a C-FIND SCP (Study Root), kept open for many timed queries."""
-
-    def __init__(self, port: int, called_ae: str) -> None:
-        from pynetdicom import AE
-        from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-            StudyRootQueryRetrieveInformationModelFind,
-        )
-
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-        self._model = StudyRootQueryRetrieveInformationModelFind
-        ae = AE(ae_title=CALLING_AE)
-        ae.acse_timeout = 30
-        ae.dimse_timeout = 120
-        ae.network_timeout = 120
-        ae.maximum_pdu_size = 0
-        ae.add_requested_context(self._model)
-        self._assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
-        if not self._assoc.is_established:
-            raise NotSupported("association rejected or aborted")
-        # A C-FIND request is two small writes (command, identifier): with Nagle on, the second
-        # waits for the peer's delayed ACK (40 ms) and every query would measure that.
-        transport = self._assoc.dul.socket
-        if transport is not None and transport.socket is not None:
-            transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        accepted = [cx for cx in self._assoc.accepted_contexts if cx.abstract_syntax == self._model]
-        if not accepted:
-            self._assoc.release()
-            raise NotSupported("no C-FIND SCP (Study Root FIND not accepted)")
-
-    def find(self, identifier: Dataset) -> tuple[float, int]:
-        """Seconds until the final response, and the number of matches."""
-        started = time.perf_counter()
-        matches = 0
-        for status, _ in self._assoc.send_c_find(identifier, self._model):
-            if not status or "Status" not in status:
-                raise BenchError("C-FIND: no response (timeout or aborted association)")
-            code = int(status.Status)
-            if code in (0xFF00, 0xFF01):
-                matches += 1
-            elif code == 0x0000:
-                break
-            elif code == 0x0122:
-                raise NotSupported("no C-FIND SCP (status 0x0122: SOP class not supported)")
-            else:
-                raise BenchError(f"C-FIND failed with status 0x{code:04X}")
-        return time.perf_counter() - started, matches
-
-    def close(self) -> None:
-        if self._assoc.is_established:
-            self._assoc.release()
 
 
 def study_identifier(criteria: dict[str, str]) -> Dataset:

@@ -35,8 +35,7 @@ from rich.console import Console
 
 from dicomflow.bench import procs
 from dicomflow.bench.clients import (
-    CFindClient,
-    NotSupported,
+    CALLING_AE,
     send_folders,
     storescu_env,
     study_identifier,
@@ -52,6 +51,7 @@ from dicomflow.bench.data import (
     write_flat,
     write_tree,
 )
+from dicomflow.bench.findscu import FindNotSupported, RawFindClient
 from dicomflow.bench.options import Options
 from dicomflow.bench.receivers import (
     BenchError,
@@ -523,15 +523,15 @@ class Bench:
         out: dict[str, Any] = {}
         qido: dict[str, list[float]] = {kind: [] for kind in QUERY_KINDS}
         finds: dict[str, dict[str, list[float]]] = {}
-        clients: dict[str, CFindClient | str] = {}
+        clients: dict[str, RawFindClient | str] = {}
         targets = [("dicomflow", server.port, server.ae_title)]
         if orthanc is not None:
             targets.append(("orthanc", orthanc.port, orthanc.ae_title))
         for name, port, ae in targets:
             try:
-                clients[name] = CFindClient(port, ae)
+                clients[name] = RawFindClient(port, ae, CALLING_AE)
                 finds[name] = {kind: [] for kind in QUERY_KINDS}
-            except NotSupported as exc:
+            except FindNotSupported as exc:
                 clients[name] = f"n/a ({exc})"
         mismatches = 0
         try:
@@ -548,7 +548,7 @@ class Bench:
                         continue
                     try:
                         seconds, matches = client.find(study_identifier(criteria))
-                    except NotSupported as exc:
+                    except FindNotSupported as exc:
                         clients[name] = f"n/a ({exc})"
                         finds.pop(name, None)
                         continue
