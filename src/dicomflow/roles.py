@@ -5,10 +5,11 @@ Roles: ``ingest`` (the DICOM SCP), ``processors`` (every selected processor, one
 as child processes of one supervisor that restarts a child that dies and stops them all on
 SIGTERM or Ctrl-C; `dicomflow serve --role X` runs one role alone (what compose.yaml does).
 
-The supervisor runs the processors in two processes: the search path (storage, metadata,
-index: DICOMFLOW_SEARCH_PROCESSORS) and the others at a lower CPU priority. The processors of
-one process share one core (the GIL); two processes use both, and the priority lets a burst
-become searchable before its de-identified copies are made.
+The supervisor runs the processors in several processes: the search path in two (metadata,
+the costliest, alone; storage and index together: DICOMFLOW_SEARCH_PROCESSORS) and the others
+in one more at a lower CPU priority. The processors of one process share one core (the GIL);
+several processes use every core, and the priority lets a burst become searchable before its
+de-identified copies are made.
 """
 
 import contextlib
@@ -218,19 +219,29 @@ def is_serving(data_dir: Path) -> bool:
 
 
 def _processor_children(settings: Settings) -> list[_Child]:
-    """The search path's processors in one child, the others in a second, lower-priority one."""
+    """The search path's processes (DICOMFLOW_SEARCH_PROCESSORS), then one lower-priority
+    process for every other selected processor."""
     selected = list(
         select(processor_classes(plugin_manager(settings.plugins)), settings.processors)
     )
-    wanted = {name.strip() for name in settings.search_processors.split(",") if name.strip()}
-    search = [name for name in selected if name in wanted]
-    background = [name for name in selected if name not in wanted]
-    if not search or not background:
-        return [_Child("processors", False)]
-    return [
-        _Child(f"processor:{','.join(search)}", False),
-        _Child(f"processor:{','.join(background)}", False, nice=settings.background_nice),
+    groups = [
+        [name.strip() for name in group.split(",") if name.strip()]
+        for group in settings.search_processors.split(";")
     ]
+    children = []
+    for group in groups:
+        names = [name for name in group if name in selected]
+        if names:
+            children.append(_Child(f"processor:{','.join(names)}", False))
+    on_search_path = {name for group in groups for name in group}
+    background = [name for name in selected if name not in on_search_path]
+    if background:
+        children.append(
+            _Child(f"processor:{','.join(background)}", False, nice=settings.background_nice)
+        )
+    if len(children) < 2:
+        return [_Child("processors", False)]
+    return children
 
 
 def supervise(roles: list[str], settings: Settings) -> int:

@@ -232,11 +232,12 @@ class Settings(BaseSettings):
         "", description="Comma-separated allowlist of processors to run (empty = all installed)."
     )
     search_processors: str = Field(
-        "storage,metadata,index",
-        description="Processors that `dicomflow serve` runs in a process of their own at normal "
-        "CPU priority: the path from an acknowledgement to a search hit. The others "
-        "(de-identification, plugins) run in a second process at the lower priority "
-        "DICOMFLOW_BACKGROUND_NICE, so a burst is searchable first. Empty: one process for all.",
+        "storage,index;metadata",
+        description="The processes of the search path (from an acknowledgement to a search "
+        "hit) that `dicomflow serve` runs at normal CPU priority: processor names, commas "
+        "within a process, semicolons between processes. The others (de-identification, "
+        "plugins) run in one more process at the lower priority DICOMFLOW_BACKGROUND_NICE, so "
+        "a burst is searchable first. Empty: one process for all.",
     )
     background_nice: int = Field(
         10,

@@ -1,0 +1,37 @@
+"""How `dicomflow serve` lays the processors out over processes."""
+
+from pathlib import Path
+
+from dicomflow.kernel.settings import Settings
+from dicomflow.roles import _processor_children
+
+
+def _layout(tmp_path: Path, **settings: object) -> list[tuple[str, int]]:
+    children = _processor_children(Settings(data_dir=tmp_path, plugins="-", **settings))
+    return [(child.role, child.nice) for child in children]
+
+
+def test_the_search_path_runs_apart_from_the_background_processors(tmp_path: Path) -> None:
+    assert _layout(tmp_path) == [
+        ("processor:storage,index", 0),
+        ("processor:metadata", 0),
+        ("processor:deidentify", 10),
+    ]
+
+
+def test_the_metadata_path_alone_has_no_background_process(tmp_path: Path) -> None:
+    assert _layout(tmp_path, processors="storage,metadata,index") == [
+        ("processor:storage,index", 0),
+        ("processor:metadata", 0),
+    ]
+
+
+def test_one_process_for_all_when_asked_or_when_there_is_nothing_to_split(
+    tmp_path: Path,
+) -> None:
+    assert _layout(tmp_path, search_processors="") == [("processors", 0)]
+    assert _layout(tmp_path, processors="deidentify") == [("processors", 0)]
+    assert _layout(tmp_path, search_processors="storage,metadata,index", background_nice=5) == [
+        ("processor:storage,metadata,index", 0),
+        ("processor:deidentify", 5),
+    ]
