@@ -43,6 +43,11 @@ CREATE TABLE IF NOT EXISTS group_offsets (
 """
 
 _POLL_INTERVAL = 0.02
+# Another process's appends are only seen by looking: every _POLL_INTERVAL while records flow
+# (each hop of the pipeline between processes waited up to 100 ms before), every
+# _IDLE_POLL_INTERVAL once a consumer has found nothing for _IDLE_AFTER seconds.
+_IDLE_POLL_INTERVAL = 0.1
+_IDLE_AFTER = 1.0
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -169,6 +174,7 @@ class EmbeddedConsumer(Consumer):
         self._topics = list(topics)
         self._on_append = on_append
         self._positions: dict[str, int] = {}
+        self._last_found = 0.0
         self.seek_to_committed()
 
     def _committed(self) -> dict[str, int]:
@@ -207,13 +213,19 @@ class EmbeddedConsumer(Consumer):
         deadline = time.monotonic() + timeout
         while True:
             records = self._fetch(max_records)
-            remaining = deadline - time.monotonic()
-            if records or remaining <= 0:
+            now = time.monotonic()
+            if records:
+                self._last_found = now
                 return records
+            remaining = deadline - now
+            if remaining <= 0:
+                return records
+            idle = now - self._last_found > _IDLE_AFTER
+            interval = _IDLE_POLL_INTERVAL if idle else _POLL_INTERVAL
             # Woken at once by appends of this process; other processes' appends are seen
             # at the next interval.
             with self._on_append:
-                self._on_append.wait(min(remaining, _POLL_INTERVAL * 5))
+                self._on_append.wait(min(remaining, interval))
 
     def commit(self, records: Sequence[Record]) -> None:
         last: dict[str, int] = {}
