@@ -8,7 +8,7 @@ tests/kernel/test_blobs_contract.py. Keys are built by the callers from validate
 import hashlib
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from dicomflow.kernel.events import BlobRef, Namespace
@@ -39,6 +39,23 @@ class BlobStore(ABC):
     @abstractmethod
     def put(self, namespace: Namespace, key: str, data: bytes) -> BlobRef:
         """Store `data`; when this returns the object is durable. Overwrites (idempotent)."""
+
+    def put_many(
+        self, namespace: Namespace, items: Sequence[tuple[str, bytes]]
+    ) -> list[BlobRef | Exception]:
+        """Store several objects; when this returns, every object reported stored is durable.
+
+        One result per item, in order: its BlobRef, or the exception `put` would have raised
+        for it (an invalid key, a full disk, an unreachable store), so that one bad item does
+        not fail the others. Implementations may share their syncs across the items.
+        """
+        results: list[BlobRef | Exception] = []
+        for key, data in items:
+            try:
+                results.append(self.put(namespace, key, data))
+            except (OSError, KernelError) as exc:
+                results.append(exc)
+        return results
 
     def put_file(self, namespace: Namespace, key: str, path: Path) -> BlobRef:
         """Store a local file's content (implementations may avoid reading it into memory)."""

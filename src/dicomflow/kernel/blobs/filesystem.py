@@ -5,6 +5,9 @@ name and the folder fsync'd, so a reader sees either nothing or the whole object
 a crash. Concurrent writers in one folder share their folder fsyncs (group commit): each
 still returns only after a fsync of the folder that began after its own rename.
 
+`put_many` in the spool (bulk import) writes and fsyncs each object the same way but renames
+them all before one fsync per folder, instead of one per object.
+
 The SHA-256 is kept in a side file so that `stat` needs no full read. Not in the spool: a
 spool object is only ever reached through the event that announced it, which carries its
 SHA-256 (claim check), so the side file would cost two more fsyncs on the acknowledgement path
@@ -12,17 +15,19 @@ for nothing; `stat` of a spool object reads it instead.
 """
 
 import contextlib
+import ctypes
 import errno
 import os
+import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from dicomflow.kernel.blobs.base import BlobStore, check_key, sha256_of
 from dicomflow.kernel.events import BlobRef, Namespace
-from dicomflow.kernel.exceptions import BackendUnavailable, BlobNotFound
+from dicomflow.kernel.exceptions import BackendUnavailable, BlobNotFound, KernelError
 
 _SUM_SUFFIX = ".sha256"
 # A full disk is the store's condition, not the object's: the write is retried once space is
@@ -102,6 +107,117 @@ def write_durably(path: Path, data: bytes) -> None:
     _folder_sync.sync(path.parent)
 
 
+def _make_folder(folder: Path, created: set[Path]) -> None:
+    """``mkdir -p`` that records the parent of each folder it creates (a new entry there)."""
+    if folder.is_dir():
+        return
+    _make_folder(folder.parent, created)
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        return
+    created.add(folder.parent)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _writeback_starter() -> Callable[[int], object]:
+    """``sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)`` where the C library has it.
+
+    It only starts the writeback of a file's dirty pages and guarantees nothing: the fsync
+    that follows does (it also reports a writeback error of the range started here). Started
+    for every file of a batch before the first fsync, the writes of the whole batch are
+    issued together (and on a journalling file system their block allocations share a
+    commit), so each fsync mostly finds its data written already: 64 files of 10 KB became
+    durable 3-4x faster than with write + fsync file after file. Elsewhere: nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return lambda fd: None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return lambda fd: None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return lambda fd: function(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+_start_writeback = _writeback_starter()
+# Files of one batch open at once (written, then fsync'd).
+_OPEN_FILES = 128
+
+
+def write_many_durably(items: Sequence[tuple[Path, bytes]]) -> list[OSError | None]:
+    """Write new files, each atomically and fsync'd, sharing the folder fsyncs.
+
+    Each file is written to a temporary name and fsync'd (the writebacks of up to
+    `_OPEN_FILES` files started before their fsyncs, see `_writeback_starter`); then all are
+    renamed to their paths, and every folder that received a name (or a new subfolder) is
+    fsync'd once. One result per item: None once the file is durable (bytes and name), else
+    its error, and then nothing of it is left behind.
+    """
+    errors: list[OSError | None] = [None] * len(items)
+    created: set[Path] = set()
+    present: set[Path] = set()  # folders known to exist
+    temps: dict[int, str] = {}  # position -> temporary name, until renamed
+    try:
+        for start in range(0, len(items), _OPEN_FILES):
+            opened: list[tuple[int, int]] = []  # (position, fd)
+            try:
+                for position in range(start, min(start + _OPEN_FILES, len(items))):
+                    path, data = items[position]
+                    try:
+                        if path.parent not in present:
+                            _make_folder(path.parent, created)
+                            present.add(path.parent)
+                        fd, temps[position] = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+                        opened.append((position, fd))
+                        _write_all(fd, data)
+                        _start_writeback(fd)
+                    except OSError as exc:
+                        errors[position] = exc
+                for position, fd in opened:
+                    if errors[position] is None:
+                        try:
+                            os.fsync(fd)
+                        except OSError as exc:
+                            errors[position] = exc
+            finally:
+                for _, fd in opened:
+                    os.close(fd)
+        renamed: list[int] = []
+        for position, temp in list(temps.items()):
+            if errors[position] is not None:
+                continue
+            try:
+                os.replace(temp, items[position][0])
+            except OSError as exc:
+                errors[position] = exc
+                continue
+            del temps[position]
+            renamed.append(position)
+        try:
+            for folder in sorted(created | {items[p][0].parent for p in renamed}):
+                _folder_sync.sync(folder)
+        except OSError as exc:  # which names are durable is unknown: none is reported so
+            for position in renamed:
+                errors[position] = exc
+                with contextlib.suppress(OSError):
+                    os.unlink(items[position][0])
+    finally:
+        for temp in temps.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+    return errors
+
+
 class FilesystemBlobStore(BlobStore):
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
@@ -126,12 +242,46 @@ class FilesystemBlobStore(BlobStore):
                 write_durably(path.with_name(path.name + _SUM_SUFFIX), digest.encode())
             write_durably(path, data)
         except OSError as exc:
-            if exc.errno in _DISK_FULL:
-                raise BackendUnavailable(
-                    f"disk full ({exc.strerror}) under {self.root}; free some space"
-                ) from exc
-            raise
+            error = self._store_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
         return BlobRef(namespace=namespace, key=key, size=len(data), sha256=digest)
+
+    def _store_error(self, exc: OSError) -> Exception:
+        """A full disk is the store's condition (BackendUnavailable); other errors stay."""
+        if exc.errno in _DISK_FULL:
+            return BackendUnavailable(
+                f"disk full ({exc.strerror}) under {self.root}; free some space"
+            )
+        return exc
+
+    def put_many(
+        self, namespace: Namespace, items: Sequence[tuple[str, bytes]]
+    ) -> list[BlobRef | Exception]:
+        """Spool objects share their folder fsyncs (`write_many_durably`).
+
+        Other namespaces keep their checksum side files and go one object at a time.
+        """
+        if Namespace(namespace) is not Namespace.SPOOL:
+            return super().put_many(namespace, items)
+        results: list[BlobRef | Exception] = []
+        writes: list[tuple[int, Path, bytes]] = []
+        for key, data in items:
+            try:
+                path = self._path(namespace, key)
+            except KernelError as exc:
+                results.append(exc)
+                continue
+            writes.append((len(results), path, data))
+            results.append(
+                BlobRef(namespace=namespace, key=key, size=len(data), sha256=sha256_of(data))
+            )
+        failures = write_many_durably([(path, data) for _, path, data in writes])
+        for (index, _, _), failure in zip(writes, failures, strict=True):
+            if failure is not None:
+                results[index] = self._store_error(failure)
+        return results
 
     def get(self, namespace: Namespace, key: str) -> bytes:
         try:
