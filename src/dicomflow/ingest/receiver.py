@@ -12,7 +12,6 @@ answers (and the error messages) stay those of pydicom's parse.
 """
 
 import struct
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +29,7 @@ from dicomflow.ingest.exceptions import (
     ObjectTooLarge,
     StorageUnavailable,
 )
-from dicomflow.kernel.blobs.base import BlobStore
+from dicomflow.kernel.blobs.base import BlobStore, new_key
 from dicomflow.kernel.bus.base import EventBus, OutgoingRecord, Producer
 from dicomflow.kernel.events import (
     BlobRef,
@@ -302,11 +301,6 @@ class Incoming:
     source: Source
 
 
-def _spool_key(now: datetime) -> str:
-    # The spool key is generated, never taken from the dataset.
-    return f"{now:%Y%m%d}/{now:%H}/{uuid.uuid4().hex}.dcm"
-
-
 def _spool_failure(exc: Exception) -> StorageUnavailable:
     if isinstance(exc, OSError):
         return StorageUnavailable(f"cannot write to the spool: {exc.strerror or exc}")
@@ -335,9 +329,9 @@ class DurableReceiver:
         """Make one Part 10 object durable and announce it. Raises IngestError subclasses."""
         self._check_size(data)
         now = datetime.now(UTC)
-        key = _spool_key(now)
         try:
-            ref = self.spool.put(Namespace.SPOOL, key, data)
+            # The spool key is generated (by the store), never taken from the dataset.
+            ref = self.spool.put_new(Namespace.SPOOL, data)
         except (OSError, BackendUnavailable) as exc:  # BackendUnavailable: a full disk
             raise _spool_failure(exc) from exc
         event = ObjectReceived(identity=identity, blob=ref, source=source, received_at=now)
@@ -346,7 +340,7 @@ class DurableReceiver:
                 [OutgoingRecord(self._topic, identity.study_instance_uid, encode_event(event))]
             )
         except BackendUnavailable as exc:
-            self.spool.delete(Namespace.SPOOL, key)
+            self.spool.delete(Namespace.SPOOL, ref.key)
             raise StorageUnavailable(f"the event bus did not confirm the object: {exc}") from exc
         return event
 
@@ -368,7 +362,7 @@ class DurableReceiver:
                 results.append(exc)
                 continue
             now = datetime.now(UTC)
-            to_spool.append((index, _spool_key(now), now))
+            to_spool.append((index, new_key(now), now))  # generated, never from the dataset
             results.append(StorageUnavailable("not written"))  # replaced below
         refs = self.spool.put_many(
             Namespace.SPOOL, [(key, items[index].data) for index, key, _ in to_spool]
@@ -403,4 +397,6 @@ class DurableReceiver:
         return self.receive(data, identity_of_file_bytes(data), source)
 
     def close(self) -> None:
+        """Close the producer and the spool (its names prepared in advance are removed)."""
         self._producer.close()
+        self.spool.close()

@@ -21,11 +21,13 @@ import os
 import sys
 import tempfile
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicomflow.kernel.blobs.base import BlobStore, check_key, sha256_of
+from dicomflow.kernel.blobs.base import BlobStore, check_key, new_key, sha256_of
 from dicomflow.kernel.events import BlobRef, Namespace
 from dicomflow.kernel.exceptions import BackendUnavailable, BlobNotFound, KernelError
 
@@ -152,6 +154,8 @@ def _writeback_starter() -> Callable[[int], object]:
 _start_writeback = _writeback_starter()
 # Files of one batch open at once (written, then fsync'd).
 _OPEN_FILES = 128
+# Spool names prepared at a time (and kept ready) by each process's `_NamePool`.
+_POOL_BATCH = 32
 
 
 def write_many_durably(items: Sequence[tuple[Path, bytes]]) -> list[OSError | None]:
@@ -218,10 +222,90 @@ def write_many_durably(items: Sequence[tuple[Path, bytes]]) -> list[OSError | No
     return errors
 
 
+class _NamePool:
+    """Spool names made in advance: empty files whose folder entries are already durable.
+
+    A filler thread creates `_POOL_BATCH` empty files at a time in the hourly folder of
+    the moment and fsyncs the folder once for them all; `put_new` then writes an object
+    into one of them and fsyncs the file only (no temporary name, no rename, no folder
+    fsync on its path). A name not used is an empty file nothing refers to: removed at
+    close; after a crash, left behind (at most `_POOL_BATCH` * 2 per process).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._names: list[Path] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def take(self) -> Path | None:
+        """A prepared name, or None when none is ready (the caller writes as usual)."""
+        with self._cond:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._fill, name="spool-names", daemon=True)
+                self._thread.start()
+            name = self._names.pop() if self._names else None
+            if len(self._names) < _POOL_BATCH:
+                self._cond.notify()
+            return name
+
+    def _fill(self) -> None:
+        while True:
+            with self._cond:
+                while len(self._names) >= _POOL_BATCH and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+            try:
+                batch = self._create_batch()
+            except OSError:
+                time.sleep(1.0)  # a full disk, say: `put_new` falls back to `put` meanwhile
+                continue
+            with self._cond:
+                self._names.extend(batch)
+
+    def _create_batch(self) -> list[Path]:
+        folder = self._folder / new_key().rsplit("/", 1)[0]
+        created: set[Path] = set()
+        _make_folder(folder, created)
+        batch: list[Path] = []
+        try:
+            for _ in range(_POOL_BATCH):
+                path = folder / f"{uuid.uuid4().hex}.dcm"
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                batch.append(path)
+            for made in sorted(created | {folder}):
+                fsync_dir(made)
+        except OSError:
+            for path in batch:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            raise
+        return batch
+
+    def _remove(self) -> None:
+        for path in self._names:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        self._names.clear()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=10)  # a batch being made
+        with self._cond:
+            self._remove()
+
+
 class FilesystemBlobStore(BlobStore):
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._spool_names = _NamePool(self.root / Namespace.SPOOL.value)
 
     def _path(self, namespace: Namespace, key: str) -> Path:
         # Lexical, not Path.resolve(): resolving stats every component of the path (a tenth of
@@ -282,6 +366,46 @@ class FilesystemBlobStore(BlobStore):
             if failure is not None:
                 results[index] = self._store_error(failure)
         return results
+
+    def put_new(
+        self,
+        namespace: Namespace,
+        data: bytes,
+        before_sync: Callable[[BlobRef], None] | None = None,
+    ) -> BlobRef:
+        """In the spool: into a name prepared in advance (`_NamePool`), fsync'd; else `put`.
+
+        `before_sync` runs between the write and the fsync of the object.
+        """
+        path = self._spool_names.take() if Namespace(namespace) is Namespace.SPOOL else None
+        if path is None:
+            return super().put_new(namespace, data, before_sync)
+        key = path.relative_to(self.root / Namespace.SPOOL.value).as_posix()
+        ref = BlobRef(namespace=namespace, key=key, size=len(data), sha256=sha256_of(data))
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                _write_all(fd, data)
+                if before_sync is not None:
+                    before_sync(ref)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            error = self._store_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+        except BaseException:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        return ref
+
+    def close(self) -> None:
+        self._spool_names.close()
 
     def get(self, namespace: Namespace, key: str) -> bytes:
         try:

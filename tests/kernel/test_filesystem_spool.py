@@ -1,8 +1,11 @@
-"""`FilesystemBlobStore.put_many` in the spool: the order of its syncs, and failures per item."""
+"""The filesystem spool: `put_many` (the order of its syncs, failures per item) and `put_new`
+(names prepared in advance)."""
 
 import errno
 import os
 import stat
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -111,3 +114,65 @@ def test_a_failed_folder_fsync_reports_no_object_durable_and_removes_them(
     results = store.put_many(Namespace.SPOOL, ITEMS)
     assert all(isinstance(r, OSError) for r in results)
     assert _files(store.root / "spool") == []
+
+
+def _prepared(store: FilesystemBlobStore) -> list[Path]:
+    for _ in range(100):  # the filler thread starts with the first put_new
+        names = list(store._spool_names._names)
+        if names:
+            return names
+        time.sleep(0.02)
+    raise AssertionError("no spool name was prepared")
+
+
+def test_put_new_writes_into_a_name_made_durable_in_advance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    first = store.put_new(Namespace.SPOOL, b"first")  # no name ready yet: an ordinary put
+    assert store.get_verified(first) == b"first"
+    prepared = _prepared(store)
+    assert all(p.stat().st_size == 0 for p in prepared)
+    trace: list[str] = []
+    real_fsync, real_fsync_dir, real_replace = os.fsync, filesystem.fsync_dir, os.replace
+
+    def note(what: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        def noted(*args: Any) -> Any:
+            if threading.current_thread() is threading.main_thread():  # not the filler's
+                trace.append(what)
+            return call(*args)
+
+        return noted
+
+    monkeypatch.setattr(filesystem, "fsync_dir", note("folder", real_fsync_dir))
+    monkeypatch.setattr(filesystem.os, "fsync", note("file", real_fsync))
+    monkeypatch.setattr(filesystem.os, "replace", note("rename", real_replace))
+    seen: list[BlobRef] = []
+    ref = store.put_new(Namespace.SPOOL, b"second", before_sync=seen.append)
+    assert trace == ["file"]  # no temporary name, no rename, no folder fsync on the way
+    assert seen == [ref]  # called with the reference before the fsync
+    assert store.root / "spool" / ref.key in prepared
+    assert store.get_verified(ref) == b"second"
+    assert ref.key.count("/") == 2 and ref.key.endswith(".dcm")  # YYYYmmdd/HH/<hex>.dcm
+
+
+def test_unused_prepared_names_are_removed_at_close(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    ref = store.put_new(Namespace.SPOOL, b"kept")
+    _prepared(store)
+    store.close()
+    assert _files(store.root / "spool") == [ref.key]
+    assert store.get_verified(store.put_new(Namespace.SPOOL, b"after")) == b"after"
+
+
+def test_a_failed_put_new_leaves_nothing_of_the_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    kept = store.put_new(Namespace.SPOOL, b"kept")
+    _prepared(store)
+    monkeypatch.setattr(filesystem.os, "fsync", _failing_for_object_3(os.fsync, errno.EIO))
+    with pytest.raises(OSError, match="Input/output error"):
+        store.put_new(Namespace.SPOOL, b"object 3")
+    store.close()
+    assert _files(store.root / "spool") == [kept.key]
