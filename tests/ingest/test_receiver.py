@@ -1,7 +1,12 @@
 """`DurableReceiver.receive_many`: spool durable before the events, events in order, bad items
 reported alone."""
 
+import errno
+import os
+import threading
+import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from io import BytesIO
 from pathlib import Path
 
@@ -10,6 +15,7 @@ from pydicom.dataset import Dataset
 
 from dicomflow.ingest.exceptions import ObjectTooLarge, StorageUnavailable
 from dicomflow.ingest.receiver import DurableReceiver, Incoming, identity_of_file_bytes
+from dicomflow.kernel.blobs import filesystem
 from dicomflow.kernel.blobs.base import BlobStore
 from dicomflow.kernel.blobs.filesystem import FilesystemBlobStore
 from dicomflow.kernel.bus.base import EventBus, OutgoingRecord, Producer
@@ -24,6 +30,10 @@ from dicomflow.kernel.events import (
     decode_event,
 )
 from dicomflow.kernel.exceptions import BackendUnavailable
+from dicomflow.kernel.settings import Settings
+from dicomflow.processors.base import ProcessorContext
+from dicomflow.processors.exceptions import PoisonEvent
+from dicomflow.processors.storage import StorageProcessor
 from dicomflow.synthetic import PatientSpec, make_instance
 
 
@@ -169,3 +179,89 @@ def test_no_append_when_no_item_reached_the_spool(
     assert all(isinstance(r, ObjectTooLarge) for r in results)
     assert spool.trace == ["spool durable: 0"]
     assert receiver.receive_many([]) == []
+
+
+def _storage(spool: BlobStore, bus: EventBus, tmp_path: Path) -> StorageProcessor:
+    return StorageProcessor(
+        ProcessorContext(
+            settings=Settings(data_dir=tmp_path),
+            bus=bus,
+            blobs=FilesystemBlobStore(tmp_path / "blobs"),
+            spool=spool,
+        )
+    )
+
+
+def test_receive_commits_the_event_while_the_object_is_fsynced(
+    parts: tuple[DurableReceiver, RecordingSpool, RecordingBus],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    receiver, spool, bus = parts
+    first, item = _items(2)
+    receiver.receive(first.data, first.identity, first.source)  # starts the spool's name pool
+    _wait_for_prepared_names(spool)
+    trace: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if threading.current_thread() is threading.main_thread():  # not the name filler's
+            trace.append("fsync")
+        real_fsync(fd)
+
+    begin_publish = receiver._producer.begin_publish
+
+    def begin(records: Sequence[OutgoingRecord]) -> Future[None]:
+        trace.append("commit begun")
+        return begin_publish(records)
+
+    monkeypatch.setattr(filesystem.os, "fsync", fsync)
+    monkeypatch.setattr(receiver._producer, "begin_publish", begin)
+    event = receiver.receive(item.data, item.identity, item.source)
+    assert trace == ["commit begun", "fsync"]  # the object's only sync, after the commit began
+    assert _received(bus)[-1] == event  # durable, and the very event returned
+    assert spool.get_verified(event.blob) == item.data
+
+
+def _wait_for_prepared_names(spool: FilesystemBlobStore) -> None:
+    for _ in range(250):
+        if spool._spool_names._names:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the spool prepared no names in 5 s")
+
+
+def test_an_event_whose_spool_object_failed_is_dead_lettered_with_a_reason(
+    parts: tuple[DurableReceiver, RecordingSpool, RecordingBus],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The price of the overlap: a failed (or, after a crash, missing or incomplete) spool
+    object whose event was committed. Nothing was acknowledged for it; the storage processor
+    dead-letters the event with its reason and goes on with the others."""
+    receiver, spool, bus = parts
+    items = _items(3)
+    receiver.receive(items[0].data, items[0].identity, items[0].source)
+    _wait_for_prepared_names(spool)
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(filesystem.os, "fsync", failing_fsync)
+        with pytest.raises(StorageUnavailable, match="cannot write to the spool"):
+            receiver.receive(items[1].data, items[1].identity, items[1].source)
+    last = receiver.receive(items[2].data, items[2].identity, items[2].source)
+    records = bus.read(bus.topic(Topic.RECEIVED))
+    assert len(records) == 3  # the failed object's event was committed: an orphan
+    orphan = decode_event(records[1].value, ObjectReceived)
+    assert spool.stat(Namespace.SPOOL, orphan.blob.key) is None
+    storage = _storage(spool, bus, tmp_path)
+    with pytest.raises(PoisonEvent, match=r"spool object .* is missing"):
+        storage.handle(records[1])
+    # An incomplete spool object (a crash before its fsync) is refused, not stored.
+    path = spool.local_path(Namespace.SPOOL, last.blob.key)
+    assert path is not None
+    path.write_bytes(items[2].data[:1000])
+    with pytest.raises(PoisonEvent, match="spool object is corrupt"):
+        storage.handle(records[2])
+    assert len(storage.handle(records[0])) == 1  # the others are stored

@@ -13,6 +13,7 @@ answers (and the error messages) stay those of pydicom's parse.
 
 import struct
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BytesIO
@@ -326,19 +327,33 @@ class DurableReceiver:
             )
 
     def receive(self, data: bytes, identity: InstanceIdentity, source: Source) -> ObjectReceived:
-        """Make one Part 10 object durable and announce it. Raises IngestError subclasses."""
+        """Make one Part 10 object durable and announce it. Raises IngestError subclasses.
+
+        The event log's commit of the ``received`` event runs while the spool object is
+        fsync'd; this returns once both are durable. A crash (or a failed fsync) between
+        the two can leave a committed event whose spool object is missing or incomplete:
+        nothing was acknowledged for it, and the storage processor dead-letters such an
+        event with its reason ("spool object ... is missing" / "... is corrupt").
+        """
         self._check_size(data)
         now = datetime.now(UTC)
+        announced: list[tuple[ObjectReceived, Future[None]]] = []
+
+        def announce(ref: BlobRef) -> None:
+            event = ObjectReceived(identity=identity, blob=ref, source=source, received_at=now)
+            record = OutgoingRecord(self._topic, identity.study_instance_uid, encode_event(event))
+            announced.append((event, self._producer.begin_publish([record])))
+
         try:
             # The spool key is generated (by the store), never taken from the dataset.
-            ref = self.spool.put_new(Namespace.SPOOL, data)
+            ref = self.spool.put_new(Namespace.SPOOL, data, before_sync=announce)
         except (OSError, BackendUnavailable) as exc:  # BackendUnavailable: a full disk
+            for _, commit in announced:  # an event of a spool object that is not there
+                commit.exception()  # (dead-lettered by the storage processor)
             raise _spool_failure(exc) from exc
-        event = ObjectReceived(identity=identity, blob=ref, source=source, received_at=now)
+        event, commit = announced[0]
         try:
-            self._producer.publish_many(
-                [OutgoingRecord(self._topic, identity.study_instance_uid, encode_event(event))]
-            )
+            commit.result()
         except BackendUnavailable as exc:
             self.spool.delete(Namespace.SPOOL, ref.key)
             raise StorageUnavailable(f"the event bus did not confirm the object: {exc}") from exc
