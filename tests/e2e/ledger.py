@@ -69,10 +69,12 @@ class Ledger:
 
     @property
     def acknowledged(self) -> set[str]:
-        return {sop for sop, status in self.statuses.items() if status == SUCCESS}
+        with self.lock:  # read while the sender threads record
+            return {sop for sop, status in self.statuses.items() if status == SUCCESS}
 
     def with_status(self, status: int) -> set[str]:
-        return {sop for sop, got in self.statuses.items() if got == status}
+        with self.lock:
+            return {sop for sop, got in self.statuses.items() if got == status}
 
 
 # storescu -v: "Received Store Response (Success)" or "(Refused: OutOfResources)" and so on.

@@ -170,3 +170,21 @@ def test_a_batch_whose_write_fails_raises_at_its_end(
     with pytest.raises(BackendUnavailable), store.batch():
         for n in range(4):
             store.put(Namespace.ORIGINAL, f"f/{n}.dcm", b"x")
+
+
+def test_put_many_stores_each_item_and_reports_a_bad_one_alone(store: BlobStore) -> None:
+    items = [("m/1.dcm", b"one"), ("../escape", b"bad"), ("m/n/2.dcm", b"two" * 1000)]
+    results = store.put_many(Namespace.SPOOL, items)
+    assert len(results) == 3
+    assert isinstance(results[1], InvalidBlobKey)
+    for (key, data), ref in zip(items[::2], results[::2], strict=True):
+        assert not isinstance(ref, Exception), ref
+        assert (ref.key, ref.size, ref.sha256) == (key, len(data), sha256_of(data))
+        assert store.get_verified(ref) == data
+    assert sorted(store.keys(Namespace.SPOOL)) == ["m/1.dcm", "m/n/2.dcm"]
+    assert store.put_many(Namespace.SPOOL, []) == []
+
+
+def test_put_many_outside_the_spool_keeps_checksums(store: BlobStore) -> None:
+    results = store.put_many(Namespace.ORIGINAL, [("a/1.dcm", b"one"), ("a/2.dcm", b"two")])
+    assert [store.stat(Namespace.ORIGINAL, k) for k in ("a/1.dcm", "a/2.dcm")] == results

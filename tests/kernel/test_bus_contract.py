@@ -100,3 +100,14 @@ def test_records_survive_reopening(bus_factory: BusFactory) -> None:
     bus.close()
     reopened = bus_factory()
     assert [r.value for r in reopened.read(topic)] == [b"durable"]
+
+
+def test_begin_publish_is_done_once_the_records_are_durable(bus_factory: BusFactory) -> None:
+    bus = bus_factory()
+    topic = bus.topic("received")
+    producer = bus.producer()
+    pending = producer.begin_publish(
+        [OutgoingRecord(topic, "s", f"v{i}".encode()) for i in range(3)]
+    )
+    assert pending.result(timeout=30) is None
+    assert [r.value for r in bus.read(topic)] == [b"v0", b"v1", b"v2"]

@@ -2,6 +2,8 @@
 
 `DurableReceiver.receive` writes the object to the spool (fsync'd), appends its ``received``
 event to the bus (durable), and only then returns: the caller may acknowledge its client.
+`DurableReceiver.receive_many` does the same for a batch (bulk import): every object fsync'd,
+one folder fsync and one event log append for the batch.
 
 The identity of an object (its four UIDs) comes from a small scanner of the encoded element
 headers (`scan_identity`), several times cheaper than decoding with pydicom; whatever it does
@@ -10,7 +12,8 @@ answers (and the error messages) stay those of pydicom's parse.
 """
 
 import struct
-import uuid
+from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BytesIO
@@ -21,10 +24,16 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-from dicomflow.ingest.exceptions import InvalidObject, ObjectTooLarge, StorageUnavailable
-from dicomflow.kernel.blobs.base import BlobStore
+from dicomflow.ingest.exceptions import (
+    IngestError,
+    InvalidObject,
+    ObjectTooLarge,
+    StorageUnavailable,
+)
+from dicomflow.kernel.blobs.base import BlobStore, new_key
 from dicomflow.kernel.bus.base import EventBus, OutgoingRecord, Producer
 from dicomflow.kernel.events import (
+    BlobRef,
     InstanceIdentity,
     Namespace,
     ObjectReceived,
@@ -284,6 +293,21 @@ def identity_of_file_bytes(data: bytes) -> InstanceIdentity:
     return identity_of(ds, syntax)
 
 
+@dataclass(frozen=True)
+class Incoming:
+    """One object for `DurableReceiver.receive_many`: its Part 10 bytes, identity and source."""
+
+    data: bytes
+    identity: InstanceIdentity
+    source: Source
+
+
+def _spool_failure(exc: Exception) -> StorageUnavailable:
+    if isinstance(exc, OSError):
+        return StorageUnavailable(f"cannot write to the spool: {exc.strerror or exc}")
+    return StorageUnavailable(f"cannot write to the spool: {exc}")  # a full disk
+
+
 @dataclass
 class DurableReceiver:
     """Spool + received event, durable before returning."""
@@ -296,33 +320,98 @@ class DurableReceiver:
         self._producer: Producer = self.bus.producer()
         self._topic = self.bus.topic(Topic.RECEIVED)
 
-    def receive(self, data: bytes, identity: InstanceIdentity, source: Source) -> ObjectReceived:
-        """Make one Part 10 object durable and announce it. Raises IngestError subclasses."""
+    def _check_size(self, data: bytes) -> None:
         if len(data) > self.max_object_bytes:
             raise ObjectTooLarge(
                 f"object of {len(data)} bytes exceeds the limit of {self.max_object_bytes} bytes"
             )
+
+    def receive(self, data: bytes, identity: InstanceIdentity, source: Source) -> ObjectReceived:
+        """Make one Part 10 object durable and announce it. Raises IngestError subclasses.
+
+        The event log's commit of the ``received`` event runs while the spool object is
+        fsync'd; this returns once both are durable. A crash (or a failed fsync) between
+        the two can leave a committed event whose spool object is missing or incomplete:
+        nothing was acknowledged for it, and the storage processor dead-letters such an
+        event with its reason ("spool object ... is missing" / "... is corrupt").
+        """
+        self._check_size(data)
         now = datetime.now(UTC)
-        # The spool key is generated, never taken from the dataset.
-        key = f"{now:%Y%m%d}/{now:%H}/{uuid.uuid4().hex}.dcm"
+        announced: list[tuple[ObjectReceived, Future[None]]] = []
+
+        def announce(ref: BlobRef) -> None:
+            event = ObjectReceived(identity=identity, blob=ref, source=source, received_at=now)
+            record = OutgoingRecord(self._topic, identity.study_instance_uid, encode_event(event))
+            announced.append((event, self._producer.begin_publish([record])))
+
         try:
-            ref = self.spool.put(Namespace.SPOOL, key, data)
-        except OSError as exc:
-            raise StorageUnavailable(f"cannot write to the spool: {exc.strerror or exc}") from exc
-        except BackendUnavailable as exc:  # a full disk
-            raise StorageUnavailable(f"cannot write to the spool: {exc}") from exc
-        event = ObjectReceived(identity=identity, blob=ref, source=source, received_at=now)
+            # The spool key is generated (by the store), never taken from the dataset.
+            ref = self.spool.put_new(Namespace.SPOOL, data, before_sync=announce)
+        except (OSError, BackendUnavailable) as exc:  # BackendUnavailable: a full disk
+            for _, commit in announced:  # an event of a spool object that is not there
+                commit.exception()  # (dead-lettered by the storage processor)
+            raise _spool_failure(exc) from exc
+        event, commit = announced[0]
         try:
-            self._producer.publish_many(
-                [OutgoingRecord(self._topic, identity.study_instance_uid, encode_event(event))]
-            )
+            commit.result()
         except BackendUnavailable as exc:
-            self.spool.delete(Namespace.SPOOL, key)
+            self.spool.delete(Namespace.SPOOL, ref.key)
             raise StorageUnavailable(f"the event bus did not confirm the object: {exc}") from exc
         return event
+
+    def receive_many(self, items: Sequence[Incoming]) -> list[ObjectReceived | IngestError]:
+        """Make several objects durable and announce them, sharing the syncs (bulk import).
+
+        One result per item, in order: its ``received`` event, or the IngestError that
+        `receive` would have raised for it; a bad item does not fail the others. Every spool
+        object is durable (bytes and folder entry) before the events are appended, and the
+        events, in the order of the items, are committed in one append before this returns:
+        an item whose result is an event may be reported imported.
+        """
+        results: list[ObjectReceived | IngestError] = []
+        to_spool: list[tuple[int, str, datetime]] = []
+        for index, item in enumerate(items):
+            try:
+                self._check_size(item.data)
+            except ObjectTooLarge as exc:
+                results.append(exc)
+                continue
+            now = datetime.now(UTC)
+            to_spool.append((index, new_key(now), now))  # generated, never from the dataset
+            results.append(StorageUnavailable("not written"))  # replaced below
+        refs = self.spool.put_many(
+            Namespace.SPOOL, [(key, items[index].data) for index, key, _ in to_spool]
+        )
+        announced: list[tuple[int, str]] = []
+        records: list[OutgoingRecord] = []
+        for (index, key, now), ref in zip(to_spool, refs, strict=True):
+            if not isinstance(ref, BlobRef):
+                results[index] = _spool_failure(ref)
+                continue
+            item = items[index]
+            event = ObjectReceived(
+                identity=item.identity, blob=ref, source=item.source, received_at=now
+            )
+            records.append(
+                OutgoingRecord(self._topic, item.identity.study_instance_uid, encode_event(event))
+            )
+            results[index] = event
+            announced.append((index, key))
+        if not records:
+            return results
+        try:
+            self._producer.publish_many(records)
+        except BackendUnavailable as exc:
+            failure = f"the event bus did not confirm the object: {exc}"
+            for index, key in announced:
+                self.spool.delete(Namespace.SPOOL, key)
+                results[index] = StorageUnavailable(failure)
+        return results
 
     def receive_file_bytes(self, data: bytes, source: Source) -> ObjectReceived:
         return self.receive(data, identity_of_file_bytes(data), source)
 
     def close(self) -> None:
+        """Close the producer and the spool (its names prepared in advance are removed)."""
         self._producer.close()
+        self.spool.close()

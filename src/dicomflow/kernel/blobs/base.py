@@ -8,8 +8,10 @@ tests/kernel/test_blobs_contract.py. Keys are built by the callers from validate
 import contextlib
 import hashlib
 import re
+import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dicomflow.kernel.events import BlobRef, Namespace
@@ -30,6 +32,12 @@ def check_key(key: str) -> str:
     ):
         raise InvalidBlobKey(f"blob key {key[:120]!r} is not a safe relative key")
     return key
+
+
+def new_key(now: datetime | None = None) -> str:
+    """A new unique key in the hourly folder of `now` (UTC): ``YYYYmmdd/HH/<hex>.dcm``."""
+    now = now or datetime.now(UTC)
+    return f"{now:%Y%m%d}/{now:%H}/{uuid.uuid4().hex}.dcm"
 
 
 def sha256_of(data: bytes) -> str:
@@ -63,6 +71,43 @@ class BlobStore(ABC):
         sync instead of N.
         """
         yield
+
+    def put_many(
+        self, namespace: Namespace, items: Sequence[tuple[str, bytes]]
+    ) -> list[BlobRef | Exception]:
+        """Store several objects; when this returns, every object reported stored is durable.
+
+        One result per item, in order: its BlobRef, or the exception `put` would have raised
+        for it (an invalid key, a full disk, an unreachable store), so that one bad item does
+        not fail the others. Implementations may share their syncs across the items.
+        """
+        results: list[BlobRef | Exception] = []
+        for key, data in items:
+            try:
+                results.append(self.put(namespace, key, data))
+            except (OSError, KernelError) as exc:
+                results.append(exc)
+        return results
+
+    def put_new(
+        self,
+        namespace: Namespace,
+        data: bytes,
+        before_sync: Callable[[BlobRef], None] | None = None,
+    ) -> BlobRef:
+        """Store `data` under a new unique key the store chooses; durable when this returns.
+
+        For objects whose key does not matter (the spool). Keys are ``YYYYmmdd/HH/<hex>.dcm``
+        (UTC), hourly folders; an implementation may use names it prepared in advance.
+        `before_sync(ref)`, if given, is called once the bytes are written, possibly before
+        they are durable (so that the caller's own commit overlaps the store's sync); if
+        this then raises, the object is not stored and the caller must deal with what its
+        `before_sync` did.
+        """
+        ref = self.put(namespace, new_key(), data)
+        if before_sync is not None:
+            before_sync(ref)
+        return ref
 
     def put_file(self, namespace: Namespace, key: str, path: Path) -> BlobRef:
         """Store a local file's content (implementations may avoid reading it into memory)."""

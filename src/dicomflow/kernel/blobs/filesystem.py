@@ -10,6 +10,8 @@ into place, and the block's end makes them all durable at once with one `syncfs`
 system (Linux; elsewhere a fsync per file and per folder). A processor batch of N objects then
 costs one journal commit instead of 4N fsyncs. `put_from` a filesystem store on the same file
 system (the spool) hard-links the already-durable object instead of writing it again.
+`put_many` in the spool (bulk import) writes and fsyncs each object the same way but renames
+them all before one fsync per folder, instead of one per object.
 
 The SHA-256 is kept in a side file so that `stat` needs no full read. Not in the spool: a
 spool object is only ever reached through the event that announced it, which carries its
@@ -24,14 +26,15 @@ import os
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicomflow.kernel.blobs.base import BlobStore, check_key, sha256_of
+from dicomflow.kernel.blobs.base import BlobStore, check_key, new_key, sha256_of
 from dicomflow.kernel.events import BlobRef, Namespace
-from dicomflow.kernel.exceptions import BackendUnavailable, BlobNotFound
+from dicomflow.kernel.exceptions import BackendUnavailable, BlobNotFound, KernelError
 
 _SUM_SUFFIX = ".sha256"
 # A full disk is the store's condition, not the object's: the write is retried once space is
@@ -193,11 +196,204 @@ def write_durably(path: Path, data: bytes) -> None:
     _folder_sync.sync(path.parent)
 
 
+def _make_folder(folder: Path, created: set[Path]) -> None:
+    """``mkdir -p`` that records the parent of each folder it creates (a new entry there)."""
+    if folder.is_dir():
+        return
+    _make_folder(folder.parent, created)
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        return
+    created.add(folder.parent)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _writeback_starter() -> Callable[[int], object]:
+    """``sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)`` where the C library has it.
+
+    It only starts the writeback of a file's dirty pages and guarantees nothing: the fsync
+    that follows does (it also reports a writeback error of the range started here). Started
+    for every file of a batch before the first fsync, the writes of the whole batch are
+    issued together (and on a journalling file system their block allocations share a
+    commit), so each fsync mostly finds its data written already: 64 files of 10 KB became
+    durable 3-4x faster than with write + fsync file after file. Elsewhere: nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return lambda fd: None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return lambda fd: None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return lambda fd: function(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+_start_writeback = _writeback_starter()
+# Files of one batch open at once (written, then fsync'd).
+_OPEN_FILES = 128
+# Spool names prepared at a time (and kept ready) by each process's `_NamePool`.
+_POOL_BATCH = 32
+
+
+def write_many_durably(items: Sequence[tuple[Path, bytes]]) -> list[OSError | None]:
+    """Write new files, each atomically and fsync'd, sharing the folder fsyncs.
+
+    Each file is written to a temporary name and fsync'd (the writebacks of up to
+    `_OPEN_FILES` files started before their fsyncs, see `_writeback_starter`); then all are
+    renamed to their paths, and every folder that received a name (or a new subfolder) is
+    fsync'd once. One result per item: None once the file is durable (bytes and name), else
+    its error, and then nothing of it is left behind.
+    """
+    errors: list[OSError | None] = [None] * len(items)
+    created: set[Path] = set()
+    present: set[Path] = set()  # folders known to exist
+    temps: dict[int, str] = {}  # position -> temporary name, until renamed
+    try:
+        for start in range(0, len(items), _OPEN_FILES):
+            opened: list[tuple[int, int]] = []  # (position, fd)
+            try:
+                for position in range(start, min(start + _OPEN_FILES, len(items))):
+                    path, data = items[position]
+                    try:
+                        if path.parent not in present:
+                            _make_folder(path.parent, created)
+                            present.add(path.parent)
+                        fd, temps[position] = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+                        opened.append((position, fd))
+                        _write_all(fd, data)
+                        _start_writeback(fd)
+                    except OSError as exc:
+                        errors[position] = exc
+                for position, fd in opened:
+                    if errors[position] is None:
+                        try:
+                            os.fsync(fd)
+                        except OSError as exc:
+                            errors[position] = exc
+            finally:
+                for _, fd in opened:
+                    os.close(fd)
+        renamed: list[int] = []
+        for position, temp in list(temps.items()):
+            if errors[position] is not None:
+                continue
+            try:
+                os.replace(temp, items[position][0])
+            except OSError as exc:
+                errors[position] = exc
+                continue
+            del temps[position]
+            renamed.append(position)
+        try:
+            for folder in sorted(created | {items[p][0].parent for p in renamed}):
+                _folder_sync.sync(folder)
+        except OSError as exc:  # which names are durable is unknown: none is reported so
+            for position in renamed:
+                errors[position] = exc
+                with contextlib.suppress(OSError):
+                    os.unlink(items[position][0])
+    finally:
+        for temp in temps.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+    return errors
+
+
+class _NamePool:
+    """Spool names made in advance: empty files whose folder entries are already durable.
+
+    A filler thread creates `_POOL_BATCH` empty files at a time in the hourly folder of
+    the moment and fsyncs the folder once for them all; `put_new` then writes an object
+    into one of them and fsyncs the file only (no temporary name, no rename, no folder
+    fsync on its path). A name not used is an empty file nothing refers to: removed at
+    close; after a crash, left behind (at most `_POOL_BATCH` * 2 per process).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._names: list[Path] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def take(self) -> Path | None:
+        """A prepared name, or None when none is ready (the caller writes as usual)."""
+        with self._cond:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._fill, name="spool-names", daemon=True)
+                self._thread.start()
+            name = self._names.pop() if self._names else None
+            if len(self._names) < _POOL_BATCH:
+                self._cond.notify()
+            return name
+
+    def _fill(self) -> None:
+        while True:
+            with self._cond:
+                while len(self._names) >= _POOL_BATCH and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+            try:
+                batch = self._create_batch()
+            except OSError:
+                time.sleep(1.0)  # a full disk, say: `put_new` falls back to `put` meanwhile
+                continue
+            with self._cond:
+                self._names.extend(batch)
+
+    def _create_batch(self) -> list[Path]:
+        folder = self._folder / new_key().rsplit("/", 1)[0]
+        created: set[Path] = set()
+        _make_folder(folder, created)
+        batch: list[Path] = []
+        try:
+            for _ in range(_POOL_BATCH):
+                path = folder / f"{uuid.uuid4().hex}.dcm"
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                batch.append(path)
+            for made in sorted(created | {folder}):
+                fsync_dir(made)
+        except OSError:
+            for path in batch:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            raise
+        return batch
+
+    def _remove(self) -> None:
+        for path in self._names:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        self._names.clear()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=10)  # a batch being made
+        with self._cond:
+            self._remove()
+
+
 class FilesystemBlobStore(BlobStore):
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self._deferred = _Deferred()
+        self._spool_names = _NamePool(self.root / Namespace.SPOOL.value)
 
     def _path(self, namespace: Namespace, key: str) -> Path:
         # Lexical, not Path.resolve(): resolving stats every component of the path (a tenth of
@@ -279,11 +475,85 @@ class FilesystemBlobStore(BlobStore):
         try:
             yield
         except OSError as exc:
-            if exc.errno in _DISK_FULL:
-                raise BackendUnavailable(
-                    f"disk full ({exc.strerror}) under {self.root}; free some space"
-                ) from exc
+            error = self._store_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    def _store_error(self, exc: OSError) -> Exception:
+        """A full disk is the store's condition (BackendUnavailable); other errors stay."""
+        if exc.errno in _DISK_FULL:
+            return BackendUnavailable(
+                f"disk full ({exc.strerror}) under {self.root}; free some space"
+            )
+        return exc
+
+    def put_many(
+        self, namespace: Namespace, items: Sequence[tuple[str, bytes]]
+    ) -> list[BlobRef | Exception]:
+        """Spool objects share their folder fsyncs (`write_many_durably`).
+
+        Other namespaces keep their checksum side files and go one object at a time.
+        """
+        if Namespace(namespace) is not Namespace.SPOOL:
+            return super().put_many(namespace, items)
+        results: list[BlobRef | Exception] = []
+        writes: list[tuple[int, Path, bytes]] = []
+        for key, data in items:
+            try:
+                path = self._path(namespace, key)
+            except KernelError as exc:
+                results.append(exc)
+                continue
+            writes.append((len(results), path, data))
+            results.append(
+                BlobRef(namespace=namespace, key=key, size=len(data), sha256=sha256_of(data))
+            )
+        failures = write_many_durably([(path, data) for _, path, data in writes])
+        for (index, _, _), failure in zip(writes, failures, strict=True):
+            if failure is not None:
+                results[index] = self._store_error(failure)
+        return results
+
+    def put_new(
+        self,
+        namespace: Namespace,
+        data: bytes,
+        before_sync: Callable[[BlobRef], None] | None = None,
+    ) -> BlobRef:
+        """In the spool: into a name prepared in advance (`_NamePool`), fsync'd; else `put`.
+
+        `before_sync` runs between the write and the fsync of the object.
+        """
+        path = self._spool_names.take() if Namespace(namespace) is Namespace.SPOOL else None
+        if path is None:
+            return super().put_new(namespace, data, before_sync)
+        key = path.relative_to(self.root / Namespace.SPOOL.value).as_posix()
+        ref = BlobRef(namespace=namespace, key=key, size=len(data), sha256=sha256_of(data))
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                _write_all(fd, data)
+                if before_sync is not None:
+                    before_sync(ref)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            error = self._store_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+        except BaseException:
+            with contextlib.suppress(OSError):
+                path.unlink()
             raise
+        return ref
+
+    def close(self) -> None:
+        self._spool_names.close()
 
     def get(self, namespace: Namespace, key: str) -> bytes:
         try:

@@ -7,7 +7,10 @@ Both pass tests/kernel/test_bus_contract.py.
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+
+from dicomflow.kernel.exceptions import BackendUnavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,22 @@ class Producer(ABC):
         Raises BackendUnavailable when that cannot be guaranteed; then none may be assumed
         written, and the caller must not acknowledge anything to its own client.
         """
+
+    def begin_publish(self, records: Sequence[OutgoingRecord]) -> Future[None]:
+        """Start appending records: the future's result is None once every record is durable.
+
+        It raises BackendUnavailable as `publish_many` would. Lets a caller overlap the
+        append with its own work (the spool fsync of an object); by default the append is
+        done before this returns.
+        """
+        done: Future[None] = Future()
+        try:
+            self.publish_many(records)
+        except BackendUnavailable as exc:
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+        return done
 
     def publish(self, topic: str, key: str | None, value: bytes, **headers: str) -> None:
         self.publish_many([OutgoingRecord(topic, key, value, headers)])

@@ -75,14 +75,16 @@ class _GroupCommitter:
         self._thread = threading.Thread(target=self._run, name="eventlog-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, records: Sequence[OutgoingRecord]) -> None:
+    def submit(self, records: Sequence[OutgoingRecord]) -> Future[None]:
+        """Queue records for the next transaction; the future is done once they are durable."""
         done: Future[None] = Future()
         with self._lock:
             if self._closed:
-                raise BackendUnavailable("the embedded event log is closed")
+                done.set_exception(BackendUnavailable("the embedded event log is closed"))
+                return done
             self._pending.append((records, done))
             self._lock.notify()
-        done.result()
+        return done
 
     def _run(self) -> None:
         while True:
@@ -153,7 +155,12 @@ class EmbeddedProducer(Producer):
 
     def publish_many(self, records: Sequence[OutgoingRecord]) -> None:
         if records:
-            self._committer.submit(records)
+            self._committer.submit(records).result()
+
+    def begin_publish(self, records: Sequence[OutgoingRecord]) -> Future[None]:
+        if records:
+            return self._committer.submit(records)
+        return super().begin_publish(records)
 
 
 def _to_record(row: tuple[str, int, str | None, bytes, str | None, float]) -> Record:

@@ -1,0 +1,97 @@
+"""A chunk of `dicomflow import`: received together, every file's outcome its own."""
+
+import shutil
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dicomflow.ingest import importer
+from dicomflow.ingest.receiver import DurableReceiver
+from dicomflow.kernel.events import Namespace, ObjectReceived, Topic, decode_event
+from dicomflow.kernel.settings import Settings
+from dicomflow.kernel.uids import instance_key
+from dicomflow.synthetic import PatientSpec, make_instance
+
+
+@pytest.fixture
+def worker(settings: Settings) -> Iterator[DurableReceiver]:
+    importer._init_worker(settings.model_copy(update={"max_object_bytes": 20_000}))
+    receiver = importer._worker.receiver
+    yield receiver
+    receiver.close()
+    receiver.bus.close()
+
+
+def _write(folder: Path, name: str, instance: int, size: int = 64, **attributes: str) -> str:
+    ds = make_instance(PatientSpec(), 0, 0, instance, rows=size, columns=size)
+    with warnings.catch_warnings():  # pydicom warns about the invalid UIDs set on purpose
+        warnings.simplefilter("ignore", UserWarning)
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+    path = folder / name
+    ds.save_as(path, enforce_file_format=True)
+    return str(path)
+
+
+def _received(receiver: DurableReceiver) -> list[ObjectReceived]:
+    records = receiver.bus.read(receiver.bus.topic(Topic.RECEIVED), limit=1000)
+    return [decode_event(r.value, ObjectReceived) for r in records]
+
+
+def test_a_chunk_reports_each_file_and_receives_the_good_ones_in_order(
+    worker: DurableReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    receive_many = worker.receive_many
+    monkeypatch.setattr(
+        worker, "receive_many", lambda items: calls.append(len(items)) or receive_many(items)
+    )
+    monkeypatch.setattr(importer, "_BATCH_BYTES", 25_000)  # three 10 KB objects per batch
+    good = [_write(tmp_path, f"good{i}.dcm", i) for i in range(5)]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not dicom")
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(Path(good[0]).read_bytes()[:300])
+    hostile = _write(tmp_path, "hostile.dcm", 7, StudyInstanceUID="../../x")
+    big = _write(tmp_path, "big.dcm", 8, size=128)
+    copy = tmp_path / "copy.dcm"
+    shutil.copy(good[1], copy)
+    paths = [good[0], str(notes), good[1], str(truncated), hostile, str(copy), big, *good[2:]]
+
+    outcomes = importer._import_chunk(paths)
+
+    assert [o.path for o in outcomes] == paths
+    by_path = {o.path: o for o in outcomes}
+    assert [by_path[p].status for p in good] == ["ingested"] * 5
+    assert by_path[str(notes)].status == "skipped"
+    assert by_path[str(truncated)].status == "error"
+    assert by_path[hostile].status == "error" and "StudyInstanceUID" in by_path[hostile].reason
+    assert by_path[str(copy)].status == "duplicate"
+    assert by_path[big].status == "error" and "exceeds" in by_path[big].reason
+    assert calls == [3, 2]  # five objects in batches bounded by _BATCH_BYTES
+    events = _received(worker)
+    assert [e.source.path for e in events] == good  # in the order of the files
+    assert [e.identity.sop_instance_uid for e in events] == [
+        by_path[p].sop_instance_uid for p in good
+    ]
+    for event in events:
+        assert worker.spool.get_verified(event.blob) == Path(str(event.source.path)).read_bytes()
+
+
+def test_a_file_already_in_the_archive_is_a_duplicate(
+    worker: DurableReceiver, tmp_path: Path
+) -> None:
+    path = _write(tmp_path, "one.dcm", 0)
+    [first] = importer._import_chunk([path])
+    assert first.status == "ingested"
+    [event] = _received(worker)
+    identity = event.identity
+    key = instance_key(
+        identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid
+    )
+    importer._worker.blobs.put(Namespace.ORIGINAL, key, Path(path).read_bytes())
+    [again] = importer._import_chunk([path])
+    assert again.status == "duplicate"
+    assert len(_received(worker)) == 1
