@@ -3,11 +3,12 @@
 from pathlib import Path
 
 from dicomflow.kernel.settings import Settings
-from dicomflow.roles import _processor_children
+from dicomflow.roles import _processor_children, selected_processor_names
 
 
-def _layout(tmp_path: Path, **settings: object) -> list[tuple[str, int]]:
-    children = _processor_children(Settings(data_dir=tmp_path, plugins="-", **settings))
+def _layout(tmp_path: Path, **values: object) -> list[tuple[str, int]]:
+    settings = Settings(data_dir=tmp_path, plugins="-", **values)
+    children = _processor_children(settings, selected_processor_names(settings))
     return [(child.role, child.nice) for child in children]
 
 

@@ -218,12 +218,14 @@ def is_serving(data_dir: Path) -> bool:
     return False
 
 
-def _processor_children(settings: Settings) -> list[_Child]:
+def selected_processor_names(settings: Settings) -> list[str]:
+    """The processors DICOMFLOW_PROCESSORS selects among the installed ones (imports them)."""
+    return list(select(processor_classes(plugin_manager(settings.plugins)), settings.processors))
+
+
+def _processor_children(settings: Settings, selected: list[str]) -> list[_Child]:
     """The search path's processes (DICOMFLOW_SEARCH_PROCESSORS), then one lower-priority
     process for every other selected processor."""
-    selected = list(
-        select(processor_classes(plugin_manager(settings.plugins)), settings.processors)
-    )
     groups = [
         [name.strip() for name in group.split(",") if name.strip()]
         for group in settings.search_processors.split(";")
@@ -253,7 +255,7 @@ def supervise(roles: list[str], settings: Settings) -> int:
         if role == "ingest" and workers > 1:
             children.extend(_Child("ingest", True) for _ in range(workers))
         elif role == "processors":
-            children.extend(_processor_children(settings))
+            children.extend(_processor_children(settings, selected_processor_names(settings)))
         else:
             children.append(_Child(role, False))
     stop = _wait_for_stop()
