@@ -16,7 +16,7 @@ def test_the_search_path_runs_apart_from_the_background_processors(tmp_path: Pat
     assert _layout(tmp_path) == [
         ("processor:storage,index", 0),
         ("processor:metadata", 0),
-        ("processor:deidentify", 10),
+        ("processor:deidentify", 19),
     ]
 
 

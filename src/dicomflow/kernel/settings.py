@@ -240,7 +240,7 @@ class Settings(BaseSettings):
         "a burst is searchable first. Empty: one process for all.",
     )
     background_nice: int = Field(
-        10,
+        19,
         ge=0,
         le=19,
         description="Niceness added to the process of the processors that are not on the "
