@@ -120,7 +120,10 @@ def test_storescu_to_kafka_elasticsearch_s3_and_replay(scaleout: ScaleOut, tmp_p
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         rebuilt = [index.counts(ns)[index_level("instance")] for ns in Namespace if ns != "spool"]
-        if rebuilt == [len(files), len(files)]:
+        # A batch's instances become visible before its studies are recounted and refreshed
+        # (ElasticsearchStudyIndex.upsert): wait for both, then check both.
+        studies = index.counts(Namespace.ORIGINAL)[index_level("study")]
+        if rebuilt == [len(files), len(files)] and studies == 2:
             break
         time.sleep(0.5)
     assert index.counts(Namespace.ORIGINAL)[index_level("instance")] == len(files)
