@@ -8,11 +8,13 @@ tests/kernel/test_blobs_contract.py. Keys are built by the callers from validate
 import contextlib
 import hashlib
 import re
+import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from dicomflow.kernel.events import BlobRef, Namespace
 from dicomflow.kernel.exceptions import KernelError
@@ -44,6 +46,14 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class _BatchState(threading.local):
+    """The open `BlobStore.batch()` of one thread: its nesting depth and what it deferred."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: list[Any] = []
+
+
 class BlobStore(ABC):
     @abstractmethod
     def put(self, namespace: Namespace, key: str, data: bytes) -> BlobRef:
@@ -68,9 +78,36 @@ class BlobStore(ABC):
         so raises BackendUnavailable). Nothing may refer to those objects (no event published)
         before the block has exited. Blocks nest; only the outermost one syncs. The processor
         runtime runs each batch of records in one block, so a batch of N objects costs one
-        sync instead of N.
+        sync instead of N. Subclasses defer in `put` while `_batch().depth` is set, keep
+        what they deferred in `_batch().pending`, and settle it in `_end_batch`.
         """
-        yield
+        state = self._batch()
+        state.depth += 1
+        try:
+            yield
+        except BaseException:
+            state.depth -= 1
+            if not state.depth:
+                pending, state.pending = state.pending, []
+                self._abandon_batch(pending)
+            raise
+        state.depth -= 1
+        if not state.depth and state.pending:
+            pending, state.pending = state.pending, []
+            self._end_batch(pending)
+
+    def _batch(self) -> "_BatchState":
+        """This thread's open `batch()` of this store (created on first use)."""
+        state: _BatchState | None = self.__dict__.get("_batch_state")
+        if state is None:
+            state = self.__dict__.setdefault("_batch_state", _BatchState())
+        return state
+
+    def _end_batch(self, pending: list[Any]) -> None:  # noqa: B027 - optional hook
+        """Make what a batch deferred durable; raise BackendUnavailable if it cannot be."""
+
+    def _abandon_batch(self, pending: list[Any]) -> None:  # noqa: B027 - optional hook
+        """A batch failed: what it deferred will be written again if it is retried."""
 
     def put_many(
         self, namespace: Namespace, items: Sequence[tuple[str, bytes]]

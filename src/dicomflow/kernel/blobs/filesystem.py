@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dicomflow.kernel.blobs.base import BlobStore, check_key, new_key, sha256_of
 from dicomflow.kernel.events import BlobRef, Namespace
@@ -137,20 +138,6 @@ def sync_files(root: Path, files: Sequence[Path]) -> None:
         fsync_dir(folder)
 
 
-def _write_unsynced(path: Path, data: bytes) -> None:
-    """Atomically replace `path` with `data`, not yet durable (see `sync_files`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _link(source: Path, path: Path) -> bool:
     """Atomically replace `path` with a hard link to `source`; False if links cannot be made."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,29 +158,29 @@ def _link(source: Path, path: Path) -> bool:
     return True
 
 
-class _Deferred(threading.local):
-    """The open `batch()` of one thread: its depth and the files it has to make durable."""
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.paths: list[Path] = []
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Atomically replace `path` with `data`, fsync'd (file and folder)."""
+def _replace(path: Path, data: bytes, durable: bool) -> None:
+    """Atomically replace `path` with `data` (a temporary name, then a rename); `durable`
+    also fsyncs the data before the rename and the folder after it (else see `sync_files`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _folder_sync.sync(path.parent)
+    if durable:
+        _folder_sync.sync(path.parent)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Atomically replace `path` with `data`, fsync'd (file and folder)."""
+    _replace(path, data, durable=True)
 
 
 def _make_folder(folder: Path, created: set[Path]) -> None:
@@ -392,7 +379,6 @@ class FilesystemBlobStore(BlobStore):
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        self._deferred = _Deferred()
         self._spool_names = _NamePool(self.root / Namespace.SPOOL.value)
 
     def _path(self, namespace: Namespace, key: str) -> Path:
@@ -426,34 +412,19 @@ class FilesystemBlobStore(BlobStore):
             self._write_checksum(namespace, path, ref.sha256)
             if not _link(source_path, path):
                 self._write(path, data)
-            elif self._deferred.depth:
-                self._deferred.paths.append(path)
+            elif self._batch().depth:
+                self._batch().pending.append(path)
             else:
                 # The source's bytes may be waiting for another thread's batch sync.
                 sync_files(self.root, [path])
         return BlobRef(namespace=namespace, key=key, size=len(data), sha256=ref.sha256)
 
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        state = self._deferred
-        state.depth += 1
+    def _end_batch(self, pending: list[Any]) -> None:
         try:
-            yield
-        except BaseException:
-            state.depth -= 1
-            if not state.depth:
-                # Nothing refers to these objects yet; a retried batch writes them again.
-                state.paths.clear()
-            raise
-        state.depth -= 1
-        if state.depth or not state.paths:
-            return
-        paths, state.paths = state.paths, []
-        try:
-            sync_files(self.root, paths)
+            sync_files(self.root, pending)
         except OSError as exc:
             raise BackendUnavailable(
-                f"could not make {len(paths)} objects durable under {self.root}: "
+                f"could not make {len(pending)} objects durable under {self.root}: "
                 f"{exc.strerror or exc}"
             ) from exc
 
@@ -464,9 +435,9 @@ class FilesystemBlobStore(BlobStore):
             self._write(path.with_name(path.name + _SUM_SUFFIX), digest.encode())
 
     def _write(self, path: Path, data: bytes) -> None:
-        if self._deferred.depth:
-            _write_unsynced(path, data)
-            self._deferred.paths.append(path)
+        if self._batch().depth:
+            _replace(path, data, durable=False)
+            self._batch().pending.append(path)
         else:
             write_durably(path, data)
 

@@ -9,12 +9,11 @@ Inside a `batch()` block the uploads run in parallel (a pool of connections) and
 end waits for all of them: a processor batch costs about one round trip, not one per object.
 """
 
-import contextlib
 import hashlib
 import io
 import threading
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from dicomflow.kernel.blobs.base import DICOM_CONTENT_TYPE, BlobStore, check_key, sha256_of
@@ -37,14 +36,6 @@ _PART_SIZE = 16 * 1024 * 1024
 _SHA_META = "sha256"
 _NOT_FOUND = ("NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound")
 _PARALLEL_UPLOADS = 8
-
-
-class _Deferred(threading.local):
-    """The open `batch()` of one thread: its depth and its uploads in flight."""
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.uploads: list[Future[None]] = []
 
 
 class S3BlobStore(BlobStore):
@@ -72,7 +63,6 @@ class S3BlobStore(BlobStore):
         )
         self._prefix = bucket_prefix
         self._ready: set[str] = set()
-        self._deferred = _Deferred()
         self._uploads: ThreadPoolExecutor | None = None
         self._uploads_lock = threading.Lock()
 
@@ -105,36 +95,23 @@ class S3BlobStore(BlobStore):
         check_key(key)
         bucket = self._ensure_bucket(namespace)
         digest = sha256_of(data)
-        if self._deferred.depth:
+        if self._batch().depth:
             upload = self._pool().submit(self._upload, bucket, key, data, digest)
-            self._deferred.uploads.append(upload)
+            self._batch().pending.append(upload)
         else:
             self._upload(bucket, key, data, digest)
         return BlobRef(namespace=namespace, key=key, size=len(data), sha256=digest)
 
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        state = self._deferred
-        state.depth += 1
-        try:
-            yield
-        except BaseException:
-            state.depth -= 1
-            if not state.depth:
-                # Let the uploads end (they cannot be recalled); the block's error says more.
-                wait(state.uploads)
-                state.uploads = []
-            raise
-        state.depth -= 1
-        if state.depth or not state.uploads:
-            return
-        uploads, state.uploads = state.uploads, []
-        wait(uploads)
-        failed = [error for error in (u.exception() for u in uploads) if error is not None]
+    def _end_batch(self, pending: list[Any]) -> None:
+        wait(pending)
+        failed = [error for error in (u.exception() for u in pending) if error is not None]
         if failed:
             raise BackendUnavailable(
-                f"{len(failed)} of {len(uploads)} S3 uploads of a batch failed: {failed[0]}"
+                f"{len(failed)} of {len(pending)} S3 uploads of a batch failed: {failed[0]}"
             ) from failed[0]
+
+    def _abandon_batch(self, pending: list[Any]) -> None:
+        wait(pending)  # let the uploads end (they cannot be recalled); the block's error says more
 
     def _pool(self) -> ThreadPoolExecutor:
         with self._uploads_lock:
