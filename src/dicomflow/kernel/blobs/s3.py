@@ -5,8 +5,9 @@ Objects are stored as ``application/dicom`` with their SHA-256 in the object met
 checked against the server's ETag (MD5 for single-part uploads), a verified read against the
 SHA-256. Objects over 16 MiB are uploaded in parts.
 
-Inside a `batch()` block the uploads run in parallel (a pool of connections) and the block's
-end waits for all of them: a processor batch costs about one round trip, not one per object.
+Inside a `batch()` block the uploads run in parallel (a pool of 8 connections) and the block's
+end waits for all of them: 64 objects of 0.5 MB to versitygw on loopback, 160 objects/s one by
+one against 296 in one batch (`python scripts/bench_s3_batch.py`).
 """
 
 import hashlib
