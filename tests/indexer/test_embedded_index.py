@@ -8,7 +8,13 @@ from index_archive import event_of
 
 from dicomflow.indexer import open_index
 from dicomflow.indexer.base import SearchRequest
-from dicomflow.indexer.embedded import INDEX_FILE, MMAP_BYTES, EmbeddedStudyIndex, _BatchWriter
+from dicomflow.indexer.embedded import (
+    INDEX_FILE,
+    READER_CACHE_BYTES,
+    WRITER_CACHE_BYTES,
+    EmbeddedStudyIndex,
+    _BatchWriter,
+)
 from dicomflow.indexer.exceptions import IndexerError, InvalidQuery
 from dicomflow.indexer.levels import Level
 from dicomflow.indexer.query import parse_lucene
@@ -29,13 +35,15 @@ def test_open_index_puts_one_wal_file_under_data_dir(tmp_path: Path) -> None:
         index.counts(Namespace.ORIGINAL)
 
 
-def test_the_writer_maps_none_of_the_index_and_readers_do(tmp_path: Path) -> None:
-    """A map would make the index processor's RSS grow with the index."""
+def test_no_connection_maps_the_index_and_page_caches_are_bounded(tmp_path: Path) -> None:
+    """Mapped pages would make every process's RSS grow with the index."""
     settings = Settings(data_dir=tmp_path)
     writer, reader = open_index(settings, writer=True), open_index(settings)
     assert isinstance(writer, EmbeddedStudyIndex) and isinstance(reader, EmbeddedStudyIndex)
-    assert writer._conn().execute("PRAGMA mmap_size").fetchone() == (0,)
-    assert reader._conn().execute("PRAGMA mmap_size").fetchone() == (MMAP_BYTES,)
+    for index, cache in ((writer, WRITER_CACHE_BYTES), (reader, READER_CACHE_BYTES)):
+        conn = index._conn()
+        assert conn.execute("PRAGMA mmap_size").fetchone() == (0,)
+        assert conn.execute("PRAGMA cache_size").fetchone() == (-(cache >> 10),)
     writer.close()
     reader.close()
 

@@ -13,8 +13,8 @@ ELASTICSEARCH_MODULE = "dicomflow.indexer.elasticsearch"
 def open_index(settings: Settings, *, writer: bool = False) -> StudyIndex:
     """The index of `settings.index`: embedded (SQLite under data_dir/index) or Elasticsearch.
 
-    `writer` is for the index processor: the embedded index then maps none of its file into
-    memory (see `EmbeddedStudyIndex`).
+    `writer` is for the index processor: the embedded index then keeps a larger page cache
+    per connection (see `EmbeddedStudyIndex`).
 
     The Elasticsearch back end is `ElasticsearchStudyIndex(url, prefix=...)` in
     `dicomflow.indexer.elasticsearch`, imported only when configured.
@@ -35,6 +35,11 @@ def open_index(settings: Settings, *, writer: bool = False) -> StudyIndex:
                 settings.elasticsearch_url, prefix=settings.elasticsearch_prefix
             ),
         )
-    from dicomflow.indexer.embedded import MMAP_BYTES, EmbeddedStudyIndex
+    from dicomflow.indexer.embedded import (
+        READER_CACHE_BYTES,
+        WRITER_CACHE_BYTES,
+        EmbeddedStudyIndex,
+    )
 
-    return EmbeddedStudyIndex(settings.data_dir / "index", mmap_bytes=0 if writer else MMAP_BYTES)
+    cache = WRITER_CACHE_BYTES if writer else READER_CACHE_BYTES
+    return EmbeddedStudyIndex(settings.data_dir / "index", cache_bytes=cache)
