@@ -1,9 +1,9 @@
-"""How `dicomflow serve` lays the processors out over processes."""
+"""How `dicomflow serve` lays the receivers and processors out over processes."""
 
 from pathlib import Path
 
 from dicomflow.kernel.settings import Settings
-from dicomflow.roles import _processor_children, selected_processor_names
+from dicomflow.roles import _ingest_children, _processor_children, selected_processor_names
 
 
 def _layout(tmp_path: Path, **values: object) -> list[tuple[str, int]]:
@@ -36,3 +36,14 @@ def test_one_process_for_all_when_asked_or_when_there_is_nothing_to_split(
         ("processor:storage,metadata,index", 0),
         ("processor:deidentify", 5),
     ]
+
+
+def test_receivers_share_the_port_when_several_and_take_the_ingest_niceness(
+    tmp_path: Path,
+) -> None:
+    def layout(**values: object) -> list[tuple[str, bool, int]]:
+        settings = Settings(data_dir=tmp_path, **values)
+        return [(c.role, c.reuse_port, c.nice) for c in _ingest_children(settings)]
+
+    assert layout() == [("ingest", False, 0)]
+    assert layout(dicom_workers=2, ingest_nice=4) == [("ingest", True, 4)] * 2

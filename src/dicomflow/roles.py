@@ -246,14 +246,19 @@ def _processor_children(settings: Settings, selected: list[str]) -> list[_Child]
     return children
 
 
+def _ingest_children(settings: Settings) -> list[_Child]:
+    """The DICOM receiver processes: several share the port (SO_REUSEPORT)."""
+    workers = settings.dicom_workers or os.cpu_count() or 1
+    return [_Child("ingest", workers > 1, nice=settings.ingest_nice) for _ in range(workers)]
+
+
 def supervise(roles: list[str], settings: Settings) -> int:
     """Run roles as child processes until SIGTERM/SIGINT; restart children that die."""
     ctx = multiprocessing.get_context("spawn")
-    workers = settings.dicom_workers or os.cpu_count() or 1
     children: list[_Child] = []
     for role in roles:
-        if role == "ingest" and workers > 1:
-            children.extend(_Child("ingest", True) for _ in range(workers))
+        if role == "ingest":
+            children.extend(_ingest_children(settings))
         elif role == "processors":
             children.extend(_processor_children(settings, selected_processor_names(settings)))
         else:

@@ -1,6 +1,7 @@
 """A chunk of `dicomflow import`: received together, every file's outcome its own."""
 
 import shutil
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,3 +96,15 @@ def test_a_file_already_in_the_archive_is_a_duplicate(
     [again] = importer._import_chunk([path])
     assert again.status == "duplicate"
     assert len(_received(worker)) == 1
+
+
+def test_workers_are_spawned_when_another_thread_runs() -> None:
+    """Forking copies no thread but the caller's, and a lock one of the others may hold."""
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        assert importer._pool_context().get_start_method() == "spawn"
+    finally:
+        release.set()
+        other.join()

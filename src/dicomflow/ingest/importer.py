@@ -9,6 +9,7 @@ then waits until the pipeline has processed them (see `dicomflow.roles.wait_unti
 import hashlib
 import multiprocessing
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -179,6 +180,18 @@ def _chunks(files: Iterator[Path]) -> Iterator[list[str]]:
         yield chunk
 
 
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """Fork when nothing else runs in this process, else spawn.
+
+    A forked worker starts with the modules already imported; a spawned one imports them all
+    again, which was about a second of a 10k-file import. Forking a process with other
+    threads (a test's servers, say) could copy a lock one of them holds, so it spawns then.
+    """
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
 def run_import(
     settings: Settings,
     paths: Sequence[Path],
@@ -193,20 +206,21 @@ def run_import(
         raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
     report = ImportReport()
     started = time.monotonic()
-    files = list(iter_files(paths))
     workers = workers or os.cpu_count() or 1
-    ctx = multiprocessing.get_context("spawn")
     columns = (*Progress.get_default_columns()[:2], MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, BarColumn(bar_width=None), console=console) as progress:
-        task = progress.add_task("importing", total=len(files))
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(settings,)) as pool:
+    # The workers start (and open the spool and the bus) while the tree is walked.
+    with _pool_context().Pool(workers, initializer=_init_worker, initargs=(settings,)) as pool:
+        files = list(iter_files(paths))
+        with Progress(*columns, BarColumn(bar_width=None), console=console) as progress:
+            task = progress.add_task("importing", total=len(files))
             for outcomes in pool.imap_unordered(_import_chunk, _chunks(iter(files))):
                 for outcome in outcomes:
                     report.add(outcome)
                 progress.advance(task, len(outcomes))
-        report.seconds = time.monotonic() - started
-        if report.ingested and after_receive is not None:
-            after_receive(progress)
+            pool.close()
+            report.seconds = time.monotonic() - started
+            if report.ingested and after_receive is not None:
+                after_receive(progress)
     _print_report(console, report, time.monotonic() - started)
     return report
 

@@ -246,6 +246,15 @@ class Settings(BaseSettings):
         description="Niceness added to the process of the processors that are not on the "
         "search path (DICOMFLOW_SEARCH_PROCESSORS).",
     )
+    ingest_nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="Niceness added to the DICOM receiver processes of `dicomflow serve`. "
+        "Above 0, the search path gets the larger share of a busy machine's CPU: objects "
+        "are searchable sooner after their acknowledgement, and acknowledgements come "
+        "slower while the machine is saturated.",
+    )
     plugins: str = Field(
         "",
         description="Comma-separated allowlist of third-party plugin entry points to load "
