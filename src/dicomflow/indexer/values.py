@@ -15,7 +15,7 @@ A value that does not parse as its VR says is skipped (it stays as text in the D
 
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
@@ -74,6 +74,7 @@ MAX_FIELD_TEXT = 4096
 _HEX_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 
 
+@lru_cache(maxsize=1024)
 def kind_of_vr(vr: str) -> ValueKind:
     """The kind of a VR; ambiguous VRs ("US or SS") take their first alternative."""
     return _KIND_OF_VR.get(vr.split(" ")[0].upper(), ValueKind.TEXT)
@@ -341,47 +342,75 @@ def name_forms(value: Mapping[str, Any]) -> Iterator[str]:
 
 def normalise_value(kind: ValueKind, value: object) -> object | None:
     """One value of a DICOM JSON element in its search form, or None if it does not parse."""
-    if kind is ValueKind.NAME:
-        if isinstance(value, Mapping):
-            alphabetic = value.get("Alphabetic", "")
-            ideographic = value.get("Ideographic", "")
-            phonetic = value.get("Phonetic", "")
-            if not all(isinstance(v, str) for v in (alphabetic, ideographic, phonetic)):
-                return None
-            if not (alphabetic or ideographic or phonetic):
-                return None
-            return person_name_fields(alphabetic, ideographic, phonetic)
-        if isinstance(value, str) and value.strip():
-            groups = [*value.split("="), "", ""]
-            return person_name_fields(groups[0], groups[1], groups[2])
-        return None
-    if kind is ValueKind.INT:
-        return parse_int(value)
-    if kind is ValueKind.FLOAT:
-        return parse_float(value)
+    return _NORMALISERS.get(kind, _normalise_text)(value)
+
+
+def _normalise_name(value: object) -> object | None:
+    if type(value) is dict or isinstance(value, Mapping):
+        alphabetic = value.get("Alphabetic", "")
+        ideographic = value.get("Ideographic", "")
+        phonetic = value.get("Phonetic", "")
+        if not all(isinstance(v, str) for v in (alphabetic, ideographic, phonetic)):
+            return None
+        if not (alphabetic or ideographic or phonetic):
+            return None
+        return person_name_fields(alphabetic, ideographic, phonetic)
+    if isinstance(value, str) and value.strip():
+        groups = [*value.split("="), "", ""]
+        return person_name_fields(groups[0], groups[1], groups[2])
+    return None
+
+
+def _normalise_date(value: object) -> str | None:
+    return parse_date(value) if isinstance(value, str) else None
+
+
+def _normalise_time(value: object) -> str | None:
+    return parse_time(value) if isinstance(value, str) else None
+
+
+def _normalise_datetime(value: object) -> str | None:
+    return parse_datetime(value) if isinstance(value, str) else None
+
+
+def _normalise_text(value: object) -> str | None:
     if not isinstance(value, str):
         return None
-    text = value.strip()
-    if kind is ValueKind.DATE:
-        return parse_date(text)
-    if kind is ValueKind.TIME:
-        return parse_time(text)
-    if kind is ValueKind.DATETIME:
-        return parse_datetime(text)
-    if not text:
-        return None
-    return text[:MAX_FIELD_TEXT]
+    return value.strip()[:MAX_FIELD_TEXT] or None
+
+
+# One function per kind: this runs for every value of every stored object.
+_NORMALISERS: dict[ValueKind, Callable[[object], object | None]] = {
+    ValueKind.NAME: _normalise_name,
+    ValueKind.INT: parse_int,
+    ValueKind.FLOAT: parse_float,
+    ValueKind.DATE: _normalise_date,
+    ValueKind.TIME: _normalise_time,
+    ValueKind.DATETIME: _normalise_datetime,
+}
 
 
 def normalise_element(vr: str, values: list[Any]) -> object | None:
     """The search form of an element's values: a scalar, a list, or None if nothing parsed."""
     kind = kind_of_vr(vr)
-    if kind in (ValueKind.SEQUENCE, ValueKind.BINARY):
+    if kind is ValueKind.SEQUENCE or kind is ValueKind.BINARY:
         return None
-    normalised = [v for v in (normalise_value(kind, value) for value in values) if v is not None]
+    normalise = _NORMALISERS.get(kind, _normalise_text)
+    if len(values) == 1:
+        return normalise(values[0])
+    normalised = [v for v in map(normalise, values) if v is not None]
     if not normalised:
         return None
     return normalised[0] if len(normalised) == 1 else normalised
+
+
+@lru_cache(maxsize=8192)
+def _keyword_of_key(key: str) -> str:
+    """The keyword of a DICOM JSON key, ``''`` for group lengths, private and unknown tags."""
+    if not _HEX_TAG.match(key):
+        return ""
+    tag = int(key, 16)
+    return "" if tag & 0xFFFF == 0 else keyword_of_tag(tag)
 
 
 def normalise_fields(dicom_json: Mapping[str, Any]) -> dict[str, Any]:
@@ -391,17 +420,15 @@ def normalise_fields(dicom_json: Mapping[str, Any]) -> dict[str, Any]:
     """
     fields: dict[str, Any] = {}
     for key, element in dicom_json.items():
-        if not isinstance(element, Mapping) or not _HEX_TAG.match(key):
+        # type() first: an ABC's isinstance costs as much as the rest of the loop
+        if not (type(element) is dict or isinstance(element, Mapping)):
+            continue
+        keyword = _keyword_of_key(key)
+        if not keyword:
             continue
         values = element.get("Value")
         vr = element.get("vr")
         if not isinstance(values, list) or not isinstance(vr, str):
-            continue
-        tag = int(key, 16)
-        if tag & 0xFFFF == 0:  # group lengths
-            continue
-        keyword = keyword_of_tag(tag)
-        if not keyword:
             continue
         value = normalise_element(vr, values)
         if value is not None:
