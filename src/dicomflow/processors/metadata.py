@@ -27,6 +27,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import correct_ambiguous_vr_element
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
 from dicomflow.indexer.values import normalise_fields, tag_hex
 from dicomflow.kernel.blobs.base import BlobStore
@@ -104,18 +105,28 @@ def _encoding_of(ds: Dataset, inherited: str | None) -> str | None:
         return inherited
     value = raw.value
     if isinstance(value, bytes):
-        terms = [t.strip(" \x00") for t in value.decode("latin-1").split("\\")]
-    elif isinstance(value, str):
-        terms = [value.strip()]
-    else:
-        return None
-    terms = [t for t in terms if t]
-    if not terms:
+        return _charset_encoding(value)
+    if isinstance(value, str):
+        return _encoding_of_terms((value.strip(),))
+    return None
+
+
+@lru_cache(maxsize=256)
+def _charset_encoding(value: bytes) -> str | None:
+    """`_encoding_of` a raw Specific Character Set value (a handful of distinct ones)."""
+    return _encoding_of_terms(tuple(t.strip(" \x00") for t in value.decode("latin-1").split("\\")))
+
+
+def _encoding_of_terms(terms: tuple[str, ...]) -> str | None:
+    found = [t for t in terms if t]
+    if not found:
         return _DEFAULT_ENCODING
-    if len(terms) > 1 or terms[0].startswith("ISO 2022"):
+    if len(found) > 1 or found[0].startswith("ISO 2022"):
         return None
     try:
-        encodings = pydicom.charset.convert_encodings(terms)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns before its own fallback
+            encodings = pydicom.charset.convert_encodings(found)
     except Exception:  # an unknown character set: let pydicom apply its own fallback
         return None
     return encodings[0] if len(encodings) == 1 else None
@@ -147,8 +158,18 @@ def _fast_element(
     Covers the common case (text, numbers, short binary in one character set) several
     times faster than pydicom's element conversion.
     """
-    vr = raw.VR
-    value = raw.value
+    return _fast_value(tag, raw.VR, raw.value, raw.is_little_endian, encoding, threshold)
+
+
+def _fast_value(
+    tag: int,
+    vr: str | None,
+    value: bytes | None,
+    little_endian: bool,
+    encoding: str | None,
+    threshold: int,
+) -> dict[str, Any] | None:
+    """`_fast_element` of a raw element given by its parts."""
     if vr is None or vr == "UN":
         vr = _implicit_vr(tag, vr)
         if vr is None:
@@ -171,7 +192,7 @@ def _fast_element(
         fmt, size = _STRUCT_FORMATS[vr]
         if len(value) % size:
             return None
-        order = "<" if raw.is_little_endian else ">"
+        order = "<" if little_endian else ">"
         numbers = struct.unpack(f"{order}{len(value) // size}{fmt}", value)
         return {"vr": vr, "Value": _finite(list(numbers))}
     else:
@@ -308,6 +329,11 @@ def extract_metadata(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns on every odd value; we keep them
         dicom_json = dataset_json(ds, bulk_data_threshold)
+    return _with_fields(dicom_json)
+
+
+def _with_fields(dicom_json: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`dicom_json`, safe to serialise, and its search fields."""
     try:  # the event is JSON: a lone surrogate from an odd decoder would break it later
         to_json(dicom_json)
     except PydanticSerializationError:
@@ -317,10 +343,16 @@ def extract_metadata(
 
 def _trailing_pixel_data(stream: BytesIO, ds: Dataset) -> tuple[str, dict[str, Any]] | None:
     """The element where a ``stop_before_pixels`` read stopped, if it is pixel data."""
-    header = stream.read(6)
+    implicit, little = ds.original_encoding
+    return _pixel_note(stream.read(6), implicit, little)
+
+
+def _pixel_note(
+    header: bytes, implicit: bool | None, little: bool | None
+) -> tuple[str, dict[str, Any]] | None:
+    """The JSON of pixel data from the first 6 bytes of its element, bulk data always."""
     if len(header) < 6:
         return None
-    implicit, little = ds.original_encoding
     group, element = struct.unpack("<HH" if little else ">HH", header[:4])
     tag = group << 16 | element
     if tag not in _PIXEL_TAGS:
@@ -329,11 +361,230 @@ def _trailing_pixel_data(stream: BytesIO, ds: Dataset) -> tuple[str, dict[str, A
     return tag_hex(tag), {"vr": vr if vr in _BINARY_VRS else "OW"}
 
 
+# --- the fast reader ------------------------------------------------------------------------
+#
+# pydicom's read of a 0.5 MB CT object costs more than everything else per object (its file
+# meta and element objects). The reader below walks the Part 10 bytes itself, for the common
+# encodings only, and builds the JSON with `_fast_value`. It is strict: whatever it is not sure
+# pydicom reads the same way (other transfer syntaxes, VRs it cannot resolve alone, character
+# set extensions, unordered or duplicate tags, any length that does not add up) makes it give
+# up, and pydicom reads the whole object, so results and errors are those of pydicom's path.
+
+
+class _NotForTheFastReader(Exception):
+    """The bytes hold something the fast reader does not reproduce exactly."""
+
+
+_TAG_LENGTH = struct.Struct("<HHL").unpack_from  # implicit VR elements, items, delimiters
+_TAG_VR_LENGTH = struct.Struct("<HH2sH").unpack_from  # explicit VR, 16-bit length
+_LENGTH_32 = struct.Struct("<L").unpack_from
+_TAGS = struct.Struct("<HH").iter_unpack
+_KNOWN_VRS = {vr.value.encode("ascii"): vr.value for vr in VR if len(vr.value) == 2}
+# PS3.5 7.1.2: these have 2 reserved bytes and a 32-bit length in explicit VR
+_LONG_VRS = frozenset(vr.value for vr in EXPLICIT_VR_LENGTH_32)
+_META_VRS = frozenset({"OB", "UI", "SH", "AE", "UL"})  # all of them convert without a fuss
+_IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+# big endian, deflate: pydicom reads these differently
+_OTHER_ENCODINGS = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UID_CHARACTERS = frozenset("0123456789.")
+
+
+def _read_metadata_fast(data: bytes) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """`read_metadata` without pydicom, or None when pydicom must read `data`."""
+    try:
+        position, implicit = _file_meta(data)
+        dicom_json, position = _FastReader(data, implicit).dataset(position, len(data), 0)
+    except Exception:  # _NotForTheFastReader, or a value that surprised us: pydicom decides
+        return None
+    dicom_json, fields = _with_fields(dicom_json)
+    if position < len(data):  # stopped at pixel data
+        pixel = _pixel_note(data[position : position + 6], implicit, True)
+        if pixel is None:
+            return None
+        dicom_json[pixel[0]] = pixel[1]
+    return dicom_json, fields
+
+
+def _file_meta(data: bytes) -> tuple[int, bool]:
+    """Where the dataset starts and whether it is implicit VR (else explicit VR LE)."""
+    if data[128:132] != b"DICM":
+        raise _NotForTheFastReader
+    position, end, last, syntax = 132, len(data), -1, None
+    while True:
+        if position + 8 > end:
+            raise _NotForTheFastReader  # pydicom's reads of short tails are its own
+        group, element, raw_vr, length = _TAG_VR_LENGTH(data, position)
+        if group != 2:
+            break
+        tag = group << 16 | element
+        vr = _KNOWN_VRS.get(raw_vr)
+        if vr not in _META_VRS or tag <= last or (vr == "UL" and length != 4):
+            raise _NotForTheFastReader
+        last = tag
+        start = position + 8
+        if vr in _LONG_VRS:
+            (length,) = _LENGTH_32(data, start)
+            start += 4
+        position = start + length
+        if length == _UNDEFINED or position > end:
+            raise _NotForTheFastReader
+        if tag == 0x00020010 and vr == "UI":
+            syntax = data[start:position].decode("latin-1").rstrip("\0 ")
+    if group == 0 or not syntax or not _UID_CHARACTERS.issuperset(syntax):
+        raise _NotForTheFastReader  # a command set, no or an odd transfer syntax
+    if syntax in _OTHER_ENCODINGS or syntax in pydicom.uid.PrivateTransferSyntaxes:
+        raise _NotForTheFastReader
+    implicit = syntax == _IMPLICIT_VR_LE
+    first_vr = data[position + 4 : position + 6]
+    looks_explicit = 0x40 < first_vr[0] < 0x5B and 0x40 < first_vr[1] < 0x5B
+    if implicit == looks_explicit:  # pydicom would switch encodings, warning
+        raise _NotForTheFastReader
+    return position, implicit
+
+
+class _FastReader:
+    """One walk over a Part 10 object in explicit or implicit VR little endian.
+
+    An `end` of None stands for an undefined length: up to a delimiter, within the object.
+    """
+
+    def __init__(self, data: bytes, implicit: bool) -> None:
+        self.data = data
+        self.implicit = implicit
+
+    def dataset(
+        self, position: int, end: int | None, depth: int, encoding: str = _DEFAULT_ENCODING
+    ) -> tuple[dict[str, Any], int]:
+        """The `dataset_json` of the elements from `position`, and where they end.
+
+        The top-level dataset (depth 0) ends at pixel data, at the position of its element.
+        """
+        data, implicit, top, delimited = self.data, self.implicit, depth == 0, end is None
+        if end is None:
+            end = len(data)
+        result: dict[str, Any] = {}
+        last = -1
+        while position != end:
+            if position + 8 > end:
+                raise _NotForTheFastReader
+            vr: str | None
+            if implicit:
+                group, element, length = _TAG_LENGTH(data, position)
+                tag = group << 16 | element
+                vr, resolved, start = None, _implicit_vr(tag, None), position + 8
+            else:
+                group, element, raw_vr, length = _TAG_VR_LENGTH(data, position)
+                tag = group << 16 | element
+                vr = resolved = _KNOWN_VRS.get(raw_vr)
+                start = position + 8
+            if group == 0xFFFE:
+                if tag == _ITEM_END and delimited and _LENGTH_32(data, position + 4)[0] == 0:
+                    return result, position + 8
+                raise _NotForTheFastReader
+            if vr is None and not implicit:
+                raise _NotForTheFastReader
+            if vr in _LONG_VRS:
+                if start + 4 > end:
+                    raise _NotForTheFastReader
+                (length,) = _LENGTH_32(data, start)
+                start += 4
+            if top and tag in _PIXEL_TAGS:
+                return result, position
+            if tag <= last:
+                raise _NotForTheFastReader  # pydicom keeps the last of duplicates: not worth it
+            if element and tag < _SPECIFIC_CHARACTER_SET:
+                raise _NotForTheFastReader  # before the character set: it would apply to them too
+            last = tag
+            if length == _UNDEFINED:
+                if resolved != "SQ" or tag in _PIXEL_TAGS:
+                    raise _NotForTheFastReader
+                items, position = self.sequence(start, None, depth + 1, encoding)
+                if element:
+                    result[f"{tag:08X}"] = _sequence_json(items, depth)
+                continue
+            position = start + length
+            if position > end:
+                raise _NotForTheFastReader
+            if not element:  # group lengths are not part of the JSON model
+                continue
+            if tag in _PIXEL_TAGS:  # bulk data in an item (an icon), whatever its size
+                if vr is None:
+                    raise _NotForTheFastReader
+                result[f"{tag:08X}"] = {"vr": vr}
+                continue
+            if resolved == "SQ":
+                items = []
+                if length:
+                    items, _ = self.sequence(start, position, depth + 1, encoding)
+                result[f"{tag:08X}"] = _sequence_json(items, depth)
+                continue
+            if not length:  # what pydicom makes of an empty value: the VR alone
+                if resolved is None or resolved == "UN" or tag == _SPECIFIC_CHARACTER_SET:
+                    raise _NotForTheFastReader
+                result[f"{tag:08X}"] = {"vr": resolved}
+                continue
+            value = data[start:position]
+            if tag == _SPECIFIC_CHARACTER_SET:
+                found = _charset_encoding(value) if b"\\" not in value else None
+                if found is None:
+                    raise _NotForTheFastReader
+                encoding = found
+            entry: dict[str, Any] | None
+            if (
+                resolved == "AT" and not length % 4
+            ):  # pydicom's JSON of tags, which _fast_value leaves
+                entry = {"vr": "AT", "Value": [f"{g << 16 | e:08X}" for g, e in _TAGS(value)]}
+            else:
+                entry = _fast_value(tag, vr, value, True, encoding, BULK_DATA_THRESHOLD)
+            if entry is None:
+                raise _NotForTheFastReader
+            result[f"{tag:08X}"] = entry
+        if delimited:
+            raise _NotForTheFastReader  # no item delimiter before the end
+        return result, position
+
+    def sequence(
+        self, position: int, end: int | None, depth: int, encoding: str
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The items of a sequence value from `position`, and where the value ends."""
+        data, delimited = self.data, end is None
+        if end is None:
+            end = len(data)
+        items: list[dict[str, Any]] = []
+        while True:
+            if position == end and not delimited:
+                return items, position
+            if position + 8 > end:
+                raise _NotForTheFastReader
+            group, element, length = _TAG_LENGTH(data, position)
+            tag = group << 16 | element
+            position += 8
+            if tag == _SEQUENCE_END and length == 0 and delimited:
+                return items, position
+            if tag != _ITEM or (length != _UNDEFINED and position + length > end):
+                raise _NotForTheFastReader
+            stop = None if length == _UNDEFINED else position + length
+            item, position = self.dataset(position, stop, depth, encoding)
+            items.append(item)
+
+
+def _sequence_json(items: list[dict[str, Any]], depth: int) -> dict[str, Any]:
+    return {"vr": "SQ"} if depth >= MAX_SEQUENCE_DEPTH else {"vr": "SQ", "Value": items}
+
+
 def read_metadata(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     """`extract_metadata` of a Part 10 object; pixel data is skipped but noted as bulk data.
 
     Raises PoisonEvent when `data` is not a readable DICOM object.
     """
+    fast = _read_metadata_fast(data)
+    return fast if fast is not None else _read_metadata_pydicom(data)
+
+
+def _read_metadata_pydicom(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`read_metadata` by pydicom: every encoding, and the reference of the fast reader."""
     stream = BytesIO(data)
     try:
         with warnings.catch_warnings():
