@@ -45,6 +45,6 @@ def test_receivers_share_the_port_when_several_and_take_the_ingest_niceness(
         settings = Settings(data_dir=tmp_path, **values)
         return [(c.role, c.reuse_port, c.nice) for c in _ingest_children(settings)]
 
-    assert layout() == [("ingest", False, 5)]
+    assert layout() == [("ingest", False, 10)]
     assert layout(ingest_nice=0) == [("ingest", False, 0)]
     assert layout(dicom_workers=2, ingest_nice=4) == [("ingest", True, 4)] * 2

@@ -247,7 +247,7 @@ class Settings(BaseSettings):
         "search path (DICOMFLOW_SEARCH_PROCESSORS).",
     )
     ingest_nice: int = Field(
-        5,
+        10,
         ge=0,
         le=19,
         description="Niceness added to the DICOM receiver processes of `dicomflow serve`. "
