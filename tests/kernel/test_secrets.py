@@ -30,7 +30,9 @@ def test_concurrent_first_starts_agree_on_one_secret(tmp_path: Path) -> None:
         thread.start()
     for thread in threads:
         thread.join()
+    assert len(seen) == len(threads)  # every first start got the secret, none failed
     assert len(set(seen)) == 1
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left
 
 
 def test_the_embedded_deployment_generates_its_deid_key(tmp_path: Path) -> None:

@@ -21,14 +21,15 @@ def load_or_create_secret(path: Path) -> str:
     """The secret kept in `path`, created (256 random bits, mode 0600) if it does not exist yet.
 
     Creation is atomic (a temporary file linked into place), so concurrent first starts of
-    several processes agree on one value.
+    several processes, or threads, agree on one value.
     """
     try:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    candidate = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Unique per call, not per process: threads of one process may race on a first start too.
+    candidate = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, secrets.token_urlsafe(32).encode())
