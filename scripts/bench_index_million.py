@@ -30,6 +30,7 @@ from dicomflow.bench.runner import (
     QUERY_KINDS,
     SERIES_PER_STUDY,
     query_criteria,
+    summarize_queries,
 )
 from dicomflow.indexer.base import SearchRequest
 from dicomflow.indexer.embedded import READER_CACHE_BYTES, EmbeddedStudyIndex
@@ -138,15 +139,15 @@ def query(folder: Path, rounds: int, label: str) -> float:
         matches[kind].append(result.total)
     index.close()
 
-    def p50_p95(values: list[float]) -> str:
-        p95 = statistics.quantiles(values, n=20, method="inclusive")[18]
-        return f"{statistics.median(values) * 1000:.1f} / {p95 * 1000:.1f} ms"
+    summary = summarize_queries(samples)  # the bench's own percentiles, per kind and in all
 
-    every = [s for values in samples.values() for s in values]
-    print(f"{label}: all {p50_p95(every)} (p50 / p95)")
-    for kind, values in samples.items():
-        print(f"    {kind:<20} {p50_p95(values)}, {statistics.median(matches[kind]):.0f} studies")
-    return statistics.quantiles(every, n=20, method="inclusive")[18]
+    def p50_p95(key: str) -> str:
+        return f"{summary[key]['p50_s'] * 1000:.1f} / {summary[key]['p95_s'] * 1000:.1f} ms"
+
+    print(f"{label}: all {p50_p95('all')} (p50 / p95)")
+    for kind in samples:
+        print(f"    {kind:<20} {p50_p95(kind)}, {statistics.median(matches[kind]):.0f} studies")
+    return float(summary["all"]["p95_s"])
 
 
 def main() -> None:
