@@ -1,5 +1,6 @@
 """A chunk of `dicomflow import`: received together, every file's outcome its own."""
 
+import os
 import shutil
 import threading
 import warnings
@@ -14,6 +15,7 @@ from dicomflow.kernel.events import Namespace, ObjectReceived, Topic, decode_eve
 from dicomflow.kernel.settings import Settings
 from dicomflow.kernel.uids import instance_key
 from dicomflow.synthetic import PatientSpec, make_instance
+from tests.pagecache import require_droppable_pages, resident_pages
 
 
 @pytest.fixture
@@ -79,6 +81,25 @@ def test_a_chunk_reports_each_file_and_receives_the_good_ones_in_order(
     ]
     for event in events:
         assert worker.spool.get_verified(event.blob) == Path(str(event.source.path)).read_bytes()
+
+
+def test_the_source_files_leave_the_page_cache_once_read(
+    worker: DurableReceiver, tmp_path: Path
+) -> None:
+    # A tree of millions of files is read once: its pages would push the index out of memory.
+    require_droppable_pages(tmp_path)
+    paths = [Path(_write(tmp_path, f"f{i}.dcm", i)) for i in range(3)]
+    for path in paths:  # durable first: dirty pages are only written back, never dropped
+        with path.open("rb") as handle:
+            os.fsync(handle.fileno())
+            handle.read()
+    assert all(resident_pages(path) > 0 for path in paths)
+    outcomes = importer._import_chunk([str(path) for path in paths])
+    assert [o.status for o in outcomes] == ["ingested"] * 3
+    assert [resident_pages(path) for path in paths] == [0, 0, 0]
+    for event in _received(worker):  # the spool copies stay: the pipeline reads them next
+        spooled = worker.spool.local_path(event.blob.namespace, event.blob.key)
+        assert spooled is not None and resident_pages(spooled) > 0
 
 
 def test_a_file_already_in_the_archive_is_a_duplicate(

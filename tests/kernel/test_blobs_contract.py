@@ -188,3 +188,12 @@ def test_put_many_stores_each_item_and_reports_a_bad_one_alone(store: BlobStore)
 def test_put_many_outside_the_spool_keeps_checksums(store: BlobStore) -> None:
     results = store.put_many(Namespace.ORIGINAL, [("a/1.dcm", b"one"), ("a/2.dcm", b"two")])
     assert [store.stat(Namespace.ORIGINAL, k) for k in ("a/1.dcm", "a/2.dcm")] == results
+
+
+def test_dropping_objects_from_the_cache_is_advisory(store: BlobStore) -> None:
+    data = b"DICM" * 5000
+    ref = store.put(Namespace.ORIGINAL, "c/d/e.dcm", data)
+    missing = ref.model_copy(update={"key": "c/d/absent.dcm"})
+    store.drop_cached([ref, missing])  # an absent object is not an error
+    assert store.get_verified(ref) == data
+    assert store.stat(Namespace.ORIGINAL, "c/d/e.dcm") == ref

@@ -9,6 +9,7 @@ from dicomflow.kernel.blobs import filesystem
 from dicomflow.kernel.blobs.filesystem import FilesystemBlobStore
 from dicomflow.kernel.events import Namespace
 from dicomflow.kernel.exceptions import BackendUnavailable
+from tests.pagecache import require_droppable_pages, resident_pages
 
 
 @pytest.fixture
@@ -134,3 +135,35 @@ def test_without_syncfs_every_file_and_folder_is_fsynced(
         blobs.put(Namespace.ORIGINAL, "a/b/2.dcm", b"2")
     # 2 objects + 2 checksum files, then their one folder.
     assert len(synced) == 5
+
+
+def test_dropped_objects_leave_the_page_cache(tmp_path: Path) -> None:
+    require_droppable_pages(tmp_path)
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    ref = store.put(Namespace.ORIGINAL, "1.2/1.2.3/1.2.3.4.dcm", b"DICM" * 10_000)
+    path = store.local_path(Namespace.ORIGINAL, ref.key)
+    assert path is not None
+    side = path.with_name(path.name + ".sha256")
+    store.get_verified(ref)
+    store.stat(Namespace.ORIGINAL, ref.key)
+    assert resident_pages(path) > 0 and resident_pages(side) == 1
+    store.drop_cached([ref])
+    assert resident_pages(path) == 0 and resident_pages(side) == 0
+    assert store.get_verified(ref) == b"DICM" * 10_000  # read again from disk
+
+
+def test_a_batch_drops_the_checksum_files_it_wrote_but_keeps_linked_objects(
+    stores: tuple[FilesystemBlobStore, FilesystemBlobStore], tmp_path: Path
+) -> None:
+    # The storage processor links the spool's copy in a batch; the metadata processor reads
+    # that object next, so its pages stay, while the checksum file is not read again soon.
+    require_droppable_pages(tmp_path)
+    spool, blobs = stores
+    data = b"DICM" * 10_000
+    spooled = spool.put_new(Namespace.SPOOL, data)
+    with blobs.batch():
+        ref = blobs.put_from(Namespace.ORIGINAL, "1.2/1.2.3/1.2.3.4.dcm", spool, spooled)
+    path = blobs.local_path(Namespace.ORIGINAL, ref.key)
+    assert path is not None
+    assert resident_pages(path) > 0
+    assert resident_pages(path.with_name(path.name + ".sha256")) == 0

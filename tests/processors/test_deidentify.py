@@ -55,6 +55,7 @@ from dicomflow.processors.deid.profile import (
 from dicomflow.processors.deidentify import DeidentifyProcessor
 from dicomflow.processors.exceptions import PoisonEvent
 from dicomflow.synthetic import PatientSpec
+from tests.pagecache import require_droppable_pages, resident_pages
 
 RichInstanceFactory = Callable[..., Dataset]  # the make_rich_instance fixture
 
@@ -809,6 +810,28 @@ def test_processor_stores_and_announces_the_deidentified_copy(
     assert published.key == new_study and published.value == out.value
     producer.close()
     context.bus.close()
+
+
+def test_processor_drops_what_it_read_and_wrote_from_the_page_cache(
+    context: ProcessorContext, make_rich_instance: RichInstanceFactory, tmp_path: Path
+) -> None:
+    require_droppable_pages(tmp_path)
+    event = stored_original(context, make_rich_instance())
+    original = context.blobs.local_path(event.blob.namespace, event.blob.key)
+    assert original is not None
+    context.blobs.get(event.blob.namespace, event.blob.key)
+    assert resident_pages(original) > 0
+    processor = DeidentifyProcessor(context)
+    record = record_of(event)
+    with context.blobs.batch():  # as the runtime runs a batch
+        [out, _] = processor.handle(record)
+    assert resident_pages(original) == 0
+    copy = decode_event(out.value, ObjectStored).blob
+    written = context.blobs.local_path(copy.namespace, copy.key)
+    assert written is not None and resident_pages(written) > 0
+    processor.after_commit([record])  # the copy is durable and announced
+    assert resident_pages(written) == 0
+    assert context.blobs.get_verified(copy)  # still there, read from disk
 
 
 def test_processor_is_idempotent(

@@ -34,6 +34,7 @@ from dicomflow.processors.base import ProcessorContext
 from dicomflow.processors.exceptions import PoisonEvent
 from dicomflow.processors.metadata import MetadataProcessor, extract_metadata, read_metadata
 from dicomflow.synthetic import PatientSpec, make_instance
+from tests.pagecache import require_droppable_pages, resident_pages
 
 # pydicom's bundled files with odd encodings: big endian, implicit VR, deflate, encapsulated
 # pixel data, RT and SR objects, private and UN sequences, bad VRs, truncated files.
@@ -293,6 +294,22 @@ def test_processor_publishes_metadata_keyed_by_study(
     assert extracted.fields["PatientName"]["alphabetic"] == "DOE^JANE"
     assert extracted.dicom_json["7FE00010"] == {"vr": "OW"}
     assert extracted.dicom_json["0020000D"] == {"vr": "UI", "Value": [ds.StudyInstanceUID]}
+
+
+def test_processor_drops_the_object_it_read_from_the_page_cache(
+    context: ProcessorContext, tmp_path: Path
+) -> None:
+    # Write-once object data must not push the index out of memory during a bulk import.
+    require_droppable_pages(tmp_path)
+    event = stored(
+        context, make_instance(PatientSpec(name="DOE^JANE"), 0, 0, 0), Namespace.ORIGINAL
+    )
+    path = context.blobs.local_path(event.blob.namespace, event.blob.key)
+    assert path is not None
+    context.blobs.get(event.blob.namespace, event.blob.key)
+    assert resident_pages(path) > 0
+    MetadataProcessor(context).handle(record_of(encode_event(event)))
+    assert resident_pages(path) == 0
 
 
 def test_processor_poison_events(context: ProcessorContext) -> None:

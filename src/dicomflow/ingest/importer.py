@@ -23,6 +23,7 @@ from dicomflow.ingest.exceptions import IngestError
 from dicomflow.ingest.receiver import DurableReceiver, Incoming, identity_of_file_bytes
 from dicomflow.kernel.backends import open_blob_store, open_bus, open_spool
 from dicomflow.kernel.blobs.base import BlobStore
+from dicomflow.kernel.blobs.filesystem import drop_file_pages
 from dicomflow.kernel.events import Namespace, Source, SourceKind
 from dicomflow.kernel.settings import Settings
 from dicomflow.kernel.uids import instance_key
@@ -108,6 +109,8 @@ def _prepare(path: str, seen: set[str]) -> FileOutcome | Incoming:
                     path, "error", f"{size} bytes exceeds DICOMFLOW_MAX_OBJECT_BYTES"
                 )
             data = head + handle.read()
+            # Read once: the source tree's pages would only push the index out of memory.
+            drop_file_pages(handle.fileno())
     except OSError as exc:
         return FileOutcome(path, "error", f"cannot read: {exc.strerror or exc}")
     try:

@@ -7,10 +7,13 @@ metadata on ``metadata`` (the metadata processor handles originals only). The ou
 pure function of the input and the settings, so a redelivered event overwrites the same blob.
 """
 
+from collections.abc import Sequence
+
 from pydantic import ValidationError
 
 from dicomflow.kernel.bus.base import OutgoingRecord, Record
 from dicomflow.kernel.events import (
+    BlobRef,
     InstanceIdentity,
     Namespace,
     ObjectStored,
@@ -55,6 +58,7 @@ class DeidentifyProcessor(Processor):
     def __init__(self, context: ProcessorContext) -> None:
         super().__init__(context)
         self.options = DeidentifyOptions.from_settings(context.settings)
+        self._written: list[BlobRef] = []
 
     def handle(self, record: Record) -> list[OutgoingRecord]:
         try:
@@ -68,6 +72,7 @@ class DeidentifyProcessor(Processor):
         if event.blob.namespace != Namespace.ORIGINAL:
             return []
         data = self.context.blobs.get_verified(event.blob)
+        self.context.blobs.drop_cached([event.blob])  # see MetadataProcessor.handle
         try:
             result = deidentify_bytes(data, self.options)
         except DeidentificationError as exc:
@@ -82,6 +87,7 @@ class DeidentifyProcessor(Processor):
             ),
             result.data,
         )
+        self._written.append(blob)
         stored = ObjectStored(
             identity=InstanceIdentity(
                 study_instance_uid=result.study_instance_uid,
@@ -105,6 +111,12 @@ class DeidentifyProcessor(Processor):
             # the search path of the originals never waits for them.
             metadata_record(self.context, stored, result.data),
         ]
+
+    def after_commit(self, records: Sequence[Record]) -> None:
+        # The copies are durable now (their pages clean, so they can be dropped); they are
+        # read for exports and retrievals, not soon, and their metadata went out from memory.
+        written, self._written = self._written, []
+        self.context.blobs.drop_cached(written)
 
 
 @hookimpl

@@ -654,7 +654,14 @@ class MetadataProcessor(Processor):
             event = decode_event(record.value, ObjectStored)
         except ValidationError as exc:
             raise PoisonEvent(f"not an ObjectStored event: {exc}") from exc
-        return [metadata_record(self.context, event, _read_blob(self.context.blobs, event.blob))]
+        record_out = metadata_record(
+            self.context, event, _read_blob(self.context.blobs, event.blob)
+        )
+        # The search path is done with the object: its bytes need not stay in memory, where
+        # a bulk import's millions of them would push out the index (de-identification, in
+        # the background, and retrievals read it again from disk).
+        self.context.blobs.drop_cached([event.blob])
+        return [record_out]
 
 
 @hookimpl

@@ -165,6 +165,15 @@ class BlobStore(ABC):
             )
         return data
 
+    def drop_cached(self, refs: Sequence[BlobRef]) -> None:  # noqa: B027 - optional hook
+        """The caller has read `refs` and expects no one to read them again soon.
+
+        Advisory: a store that keeps objects in a local cache may drop them from it; a later
+        read works as usual, only slower. The filesystem store drops their pages from the OS
+        page cache, so that a stream of write-once objects (millions a day) does not push the
+        search index out of memory. Missing objects are ignored.
+        """
+
     @abstractmethod
     def stat(self, namespace: Namespace, key: str) -> BlobRef | None:
         """Size and checksum of an object, or None if absent."""
