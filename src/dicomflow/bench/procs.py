@@ -217,9 +217,13 @@ class RssSampler:
                 continue
             total += rss
             self.result.peaks[pid] = max(self.result.peaks.get(pid, 0), rss, hwm)
-            label = self._labeller(pid)
-            if label:
-                self.result.labels[pid] = label
+            # Once per process: a label costs a scan of /proc (and of its sockets), and done
+            # at every sample it took a third of a core from what the phase measures (and the
+            # GIL from the bench's own client threads).
+            if pid not in self.result.labels:
+                label = self._labeller(pid)
+                if label:
+                    self.result.labels[pid] = label
         self.result.total_sampled = max(self.result.total_sampled, total)
 
     def _run(self) -> None:
