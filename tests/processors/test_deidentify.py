@@ -825,12 +825,12 @@ def test_processor_drops_what_it_read_and_wrote_from_the_page_cache(
     record = record_of(event)
     with context.blobs.batch():  # as the runtime runs a batch
         [out, _] = processor.handle(record)
-    assert resident_pages(original) == 0
     copy = decode_event(out.value, ObjectStored).blob
     written = context.blobs.local_path(copy.namespace, copy.key)
     assert written is not None and resident_pages(written) > 0
     processor.after_commit([record])  # the copy is durable and announced
-    assert resident_pages(written) == 0
+    assert resident_pages(original) == 0 and resident_pages(written) == 0
+    assert resident_pages(written.with_name(written.name + ".sha256")) == 0  # the batch's end
     assert context.blobs.get_verified(copy)  # still there, read from disk
 
 

@@ -58,7 +58,7 @@ class DeidentifyProcessor(Processor):
     def __init__(self, context: ProcessorContext) -> None:
         super().__init__(context)
         self.options = DeidentifyOptions.from_settings(context.settings)
-        self._written: list[BlobRef] = []
+        self._done: list[BlobRef] = []  # read or written: dropped from the page cache
 
     def handle(self, record: Record) -> list[OutgoingRecord]:
         try:
@@ -72,7 +72,7 @@ class DeidentifyProcessor(Processor):
         if event.blob.namespace != Namespace.ORIGINAL:
             return []
         data = self.context.blobs.get_verified(event.blob)
-        self.context.blobs.drop_cached([event.blob])  # see MetadataProcessor.handle
+        self._done.append(event.blob)
         try:
             result = deidentify_bytes(data, self.options)
         except DeidentificationError as exc:
@@ -87,7 +87,7 @@ class DeidentifyProcessor(Processor):
             ),
             result.data,
         )
-        self._written.append(blob)
+        self._done.append(blob)
         stored = ObjectStored(
             identity=InstanceIdentity(
                 study_instance_uid=result.study_instance_uid,
@@ -113,10 +113,11 @@ class DeidentifyProcessor(Processor):
         ]
 
     def after_commit(self, records: Sequence[Record]) -> None:
-        # The copies are durable now (their pages clean, so they can be dropped); they are
-        # read for exports and retrievals, not soon, and their metadata went out from memory.
-        written, self._written = self._written, []
-        self.context.blobs.drop_cached(written)
+        # As the metadata processor does with the originals. The copies are durable now
+        # (clean pages can be dropped); they are read for exports and retrievals, not soon,
+        # and their metadata went out from memory.
+        done, self._done = self._done, []
+        self.context.blobs.drop_cached(done)
 
 
 @hookimpl

@@ -14,6 +14,7 @@ import base64
 import math
 import struct
 import warnings
+from collections.abc import Sequence
 from functools import lru_cache
 from io import BytesIO
 from typing import Any
@@ -649,19 +650,26 @@ class MetadataProcessor(Processor):
     description = "Extracts the DICOM JSON and search fields of every stored object."
     batch_size = 64  # a verified read and a parse each
 
+    def __init__(self, context: ProcessorContext) -> None:
+        super().__init__(context)
+        self._read: list[BlobRef] = []
+
     def handle(self, record: Record) -> list[OutgoingRecord]:
         try:
             event = decode_event(record.value, ObjectStored)
         except ValidationError as exc:
             raise PoisonEvent(f"not an ObjectStored event: {exc}") from exc
-        record_out = metadata_record(
-            self.context, event, _read_blob(self.context.blobs, event.blob)
-        )
-        # The search path is done with the object: its bytes need not stay in memory, where
-        # a bulk import's millions of them would push out the index (de-identification, in
-        # the background, and retrievals read it again from disk).
-        self.context.blobs.drop_cached([event.blob])
-        return [record_out]
+        out = metadata_record(self.context, event, _read_blob(self.context.blobs, event.blob))
+        self._read.append(event.blob)
+        return [out]
+
+    def after_commit(self, records: Sequence[Record]) -> None:
+        # The search path is done with these objects: their bytes need not stay in memory,
+        # where a bulk import's millions of them would push out the index (de-identification,
+        # in the background, and retrievals read them again from disk). A batch at a time:
+        # see `drop_file_pages`.
+        read, self._read = self._read, []
+        self.context.blobs.drop_cached(read)
 
 
 @hookimpl
