@@ -1,8 +1,14 @@
 """The bench's process sampling: peaks of every process of a tree, each labelled once."""
 
 import os
+from pathlib import Path
+
+import pytest
 
 from dicomflow.bench import procs
+from dicomflow.bench.receivers import DicomflowServer
+from dicomflow.kernel.bus.base import OutgoingRecord
+from dicomflow.kernel.events import Topic
 
 
 def test_the_sampler_labels_each_process_once_and_keeps_its_peak() -> None:
@@ -21,3 +27,22 @@ def test_the_sampler_labels_each_process_once_and_keeps_its_peak() -> None:
     [entry] = figures["processes"]
     assert entry["pid"] == os.getpid() and entry["role"] == "bench"
     assert entry["peak_bytes"] > 0
+
+
+@pytest.mark.parametrize(
+    ("processors", "expected"),
+    [("storage", 3), ("storage,metadata", 3), ("metadata", 0), ("", 3)],
+)
+def test_the_pipeline_lag_is_read_from_the_event_log_for_the_servers_processors(
+    tmp_path: Path, processors: str, expected: int
+) -> None:
+    # Not through /api/status (which counts the index): only the server's own processors.
+    overrides = {"processors": processors} if processors else {}
+    server = DicomflowServer(tmp_path, overrides, ["ingest", "processors"])
+    bus = server.bus()
+    producer = bus.producer()
+    producer.publish_many([OutgoingRecord(bus.topic(Topic.RECEIVED), "k", b"{}") for _ in range(3)])
+    producer.close()
+    assert server.lag() == expected
+    bus.close()
+    server.http.close()
