@@ -125,3 +125,53 @@ def test_numbers_beyond_64_bits_are_indexed_not_fatal(tmp_path: Path) -> None:
     with pytest.raises(InvalidQuery, match="at most 64 bits"):
         parse_lucene("SeriesNumber:99999999999999999999")
     index.close()
+
+
+def _studies_of(index: EmbeddedStudyIndex, patient_id: str) -> list[dict[str, object]]:
+    request = SearchRequest(
+        namespace=Namespace.ORIGINAL,
+        level=Level.STUDY,
+        query=parse_lucene(f"PatientID:{patient_id}"),
+        include_fields="all",
+    )
+    return index.search(request).results
+
+
+def test_a_patients_new_values_reach_the_study_rows_of_all_their_studies(
+    tmp_path: Path,
+) -> None:
+    # Each study row keeps a copy of its patient's attributes (one row read per study).
+    patient = PatientSpec(name="OLD^NAME", patient_id="P1")
+    first, second = (make_instance(patient, study, 0, 0) for study in (0, 1))
+    index = EmbeddedStudyIndex(tmp_path)
+    index.upsert([event_of(first), event_of(second)])
+    corrected = first.copy()
+    corrected.PatientName = "NEW^NAME"
+    index.upsert([event_of(corrected)])  # an instance of the first study only
+    results = _studies_of(index, "P1")
+    assert len(results) == 2
+    assert [r["00100010"] for r in results] == [
+        {"vr": "PN", "Value": [{"Alphabetic": "NEW^NAME"}]}
+    ] * 2
+    index.close()
+
+
+def test_a_version_1_index_gets_its_study_rows_documents_when_opened(tmp_path: Path) -> None:
+    patients = [PatientSpec(name=f"P^{n}", patient_id=f"P{n}") for n in range(3)]
+    index = EmbeddedStudyIndex(tmp_path)
+    index.upsert([event_of(make_instance(p, s, 0, 0)) for p in patients for s in (0, 1)])
+    before = [_studies_of(index, p.patient_id) for p in patients]
+    index.close()
+    with sqlite3.connect(tmp_path / INDEX_FILE) as conn:  # the layout of version 1
+        conn.execute("ALTER TABLE studies DROP COLUMN doc")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    reopened = EmbeddedStudyIndex(tmp_path)
+    assert [_studies_of(reopened, p.patient_id) for p in patients] == before
+    with sqlite3.connect(tmp_path / INDEX_FILE) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("SELECT count(*) FROM studies WHERE doc IS NULL").fetchone() == (0,)
+        conn.execute("UPDATE studies SET doc = NULL WHERE id = 1")  # not expected; still read
+    conn.close()
+    assert [_studies_of(reopened, p.patient_id) for p in patients] == before
+    reopened.close()
