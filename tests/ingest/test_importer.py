@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -129,3 +131,16 @@ def test_workers_are_spawned_when_another_thread_runs() -> None:
     finally:
         release.set()
         other.join()
+
+
+def test_the_import_command_starts_without_pydicom() -> None:
+    # pydicom (and numpy through it) took 0.5-2 s to import: a fixed cost of every import run,
+    # for the odd file that needs it. The workers import it when one does.
+    code = (
+        "import sys, dicomflow.cli, dicomflow.ingest.importer; "
+        "print(sorted(m for m in ('pydicom', 'pynetdicom', 'numpy') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]"

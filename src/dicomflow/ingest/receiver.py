@@ -16,13 +16,9 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from io import BytesIO
-from typing import BinaryIO
-
-import pydicom
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+from typing import TYPE_CHECKING, BinaryIO
 
 from dicomflow.ingest.exceptions import (
     IngestError,
@@ -44,6 +40,9 @@ from dicomflow.kernel.events import (
 from dicomflow.kernel.exceptions import BackendUnavailable, InvalidUID
 from dicomflow.kernel.uids import validate_uid
 
+if TYPE_CHECKING:  # pydicom is imported where it is used: `dicomflow import` starts without it
+    from pydicom.dataset import Dataset
+
 _REQUIRED = (
     ("StudyInstanceUID", "study_instance_uid"),
     ("SeriesInstanceUID", "series_instance_uid"),
@@ -52,7 +51,7 @@ _REQUIRED = (
 )
 
 
-def identity_of(ds: Dataset, transfer_syntax_uid: str) -> InstanceIdentity:
+def identity_of(ds: "Dataset", transfer_syntax_uid: str) -> InstanceIdentity:
     """The validated UIDs of a dataset; raises InvalidObject naming what is missing or bad."""
     values: dict[str, str] = {}
     for keyword, field in _REQUIRED:
@@ -223,20 +222,28 @@ def _padded(value: str, pad: bytes) -> bytes:
     return encoded + pad if len(encoded) % 2 else encoded
 
 
+@cache
+def _implementation() -> tuple[str, str]:
+    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+    return PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+
 def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:
     """Preamble, prefix and File Meta Information, as pynetdicom's `encoded_dataset` writes them.
 
     The same elements and bytes as pynetdicom's ``create_file_meta`` + ``encode_file_meta``,
     without building and encoding a pydicom dataset for every object received.
     """
+    implementation_uid, implementation_version = _implementation()
     body = b"".join(
         (
             _element(0x00020001, b"OB", b"\0\1"),
             _element(0x00020002, b"UI", _padded(sop_class_uid, b"\0")),
             _element(0x00020003, b"UI", _padded(sop_instance_uid, b"\0")),
             _element(0x00020010, b"UI", _padded(transfer_syntax_uid, b"\0")),
-            _element(0x00020012, b"UI", _padded(PYNETDICOM_IMPLEMENTATION_UID, b"\0")),
-            _element(0x00020013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+            _element(0x00020012, b"UI", _padded(implementation_uid, b"\0")),
+            _element(0x00020013, b"SH", _padded(implementation_version, b" ")),
         )
     )
     return b"\0" * 128 + b"DICM" + _element(0x00020000, b"UL", _U32.pack(len(body))) + body
@@ -267,8 +274,11 @@ def _file_meta_end(data: bytes) -> tuple[int, str] | None:
     return (pos, syntax) if syntax and pos <= len(data) else None
 
 
-def parse_header(data: bytes | BinaryIO) -> Dataset:
+def parse_header(data: bytes | BinaryIO) -> "Dataset":
     """Parse a DICOM Part 10 object up to its pixel data; raises InvalidObject."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     stream = BytesIO(data) if isinstance(data, bytes) else data
     try:
         return pydicom.dcmread(stream, stop_before_pixels=True)
