@@ -20,6 +20,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from dicomflow.indexer import open_index
 from dicomflow.kernel.backends import open_blob_store
 from dicomflow.kernel.events import Namespace
+from dicomflow.processors.runtime import group_name
 from dicomflow.synthetic import PatientSpec, iter_study_tree, make_instance, write_tree
 from tests.conftest import free_port
 from tests.e2e.conftest import dataset_bytes, dcmtk, parse_multipart, read_dataset
@@ -233,6 +234,33 @@ def test_kafka_down_means_a_failure_status_never_a_false_success(
     audit(scaleout.http, ledger).check("kafka outage, refused ones sent again", ledger)
 
 
+def _wait_until_groups_have_members(
+    scaleout: ScaleOut, processors: tuple[str, ...], members: int, timeout: float = 120
+) -> None:
+    """Wait until each processor's consumer group is stable with `members` members that
+    hold partitions (the Kafka admin API's view of the group)."""
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": scaleout.env["DICOMFLOW_KAFKA_BOOTSTRAP"]})
+    groups = [group_name(scaleout.env["DICOMFLOW_TOPIC_PREFIX"], name) for name in processors]
+    deadline = time.monotonic() + timeout
+    seen: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        for group, future in admin.describe_consumer_groups(groups).items():
+            try:
+                described = future.result()
+            except Exception as exc:  # not created yet: the replicas are still starting
+                seen[group] = exc
+                continue
+            holding = [m for m in described.members if m.assignment.topic_partitions]
+            seen[group] = (described.state, len(holding))
+        if all(seen.get(g) == (ConsumerGroupState.STABLE, members) for g in groups):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"consumer groups not rebalanced over {members} replicas: {seen}")
+
+
 def test_two_replicas_share_the_work_without_duplicates(scaleout: ScaleOut, tmp_path: Path) -> None:
     files = write_tree(
         iter_study_tree(patients=8, series_per_study=1, instances_per_series=5), tmp_path / "s"
@@ -240,7 +268,9 @@ def test_two_replicas_share_the_work_without_duplicates(scaleout: ScaleOut, tmp_
     scaleout.start_all()
     for name in ("metadata", "deidentify"):
         scaleout.start(f"{name}-2", f"processor:{name}")
-    time.sleep(3)  # let the groups rebalance over both replicas
+    # Both replicas must hold partitions before the objects come: a fixed 3 s wait was too
+    # short on a loaded machine (one replica took all 40 records, the other joined after).
+    _wait_until_groups_have_members(scaleout, ("metadata", "deidentify"), members=2)
     storescu(scaleout, tmp_path / "s")
     scaleout.wait_idle(len(files))
     for namespace in (Namespace.ORIGINAL, Namespace.DEIDENTIFIED):
