@@ -39,9 +39,11 @@ class Services:
             state.bus, state.index, on_done=self.dashboard.index_figures.clear
         )
         self._processors: list[InstalledProcessor] | None = None
+        self._enabled: list[InstalledProcessor] = []
 
     def processors(self) -> list[InstalledProcessor]:
-        """Every installed processor, enabled or not by DICOMFLOW_PROCESSORS (loaded once)."""
+        """Every installed processor, enabled or not by DICOMFLOW_PROCESSORS (loaded once:
+        loading the plugins scans every installed distribution's entry points)."""
         if self._processors is None:
             settings = self.state.settings
             bus = self.state.bus
@@ -57,7 +59,14 @@ class Services:
                 )
                 for name, cls in installed.items()
             ]
+            by_name = {processor.name: processor for processor in self._processors}
+            self._enabled = [by_name[name] for name in enabled]
         return self._processors
+
+    def enabled_processors(self) -> list[InstalledProcessor]:
+        """The processors DICOMFLOW_PROCESSORS selects, in its order (loaded once)."""
+        self.processors()
+        return self._enabled
 
     def close(self) -> None:
         self.reindexer.stop()

@@ -1,6 +1,5 @@
 """Health, pipeline status and Prometheus metrics."""
 
-import functools
 from dataclasses import asdict
 
 from fastapi import APIRouter
@@ -10,11 +9,9 @@ from pydantic import BaseModel
 
 from dicomflow.api import deadletters
 from dicomflow.api.auth import admin, any_role
-from dicomflow.api.deps import BusDep, IndexDep, SettingsDep
+from dicomflow.api.deps import BusDep, IndexDep
+from dicomflow.api.services import ServicesDep
 from dicomflow.kernel.events import DeadLetter, Namespace, Topic, decode_event
-from dicomflow.processors.base import Processor
-from dicomflow.processors.plugins import plugin_manager, processor_classes, select
-from dicomflow.processors.runtime import group_name
 
 router = APIRouter(tags=["status"])
 
@@ -51,13 +48,6 @@ class DeadLetterPublic(BaseModel):
     payload_bytes: int
 
 
-@functools.lru_cache(maxsize=8)
-def _processors(plugins: str, allowlist: str) -> dict[str, type[Processor]]:
-    # Once per process: loading the plugins scans every installed distribution's entry
-    # points, a quarter of the api's CPU while a monitor polled this route ten times a second.
-    return select(processor_classes(plugin_manager(plugins)), allowlist)
-
-
 @router.get("/healthz", summary="Liveness (the one route open without credentials)")
 def healthz() -> HealthPublic:
     return HealthPublic(status="ok")
@@ -68,18 +58,16 @@ def healthz() -> HealthPublic:
     summary="Pipeline status: topic sizes, lag, dead letters, counts",
     dependencies=[any_role],
 )
-def pipeline_status(settings: SettingsDep, bus: BusDep, index: IndexDep) -> PipelineStatusPublic:
-    classes = _processors(settings.plugins, settings.processors)
+def pipeline_status(services: ServicesDep, bus: BusDep, index: IndexDep) -> PipelineStatusPublic:
+    # The plugins are loaded once per app (Services): a monitor polls this route.
     sizes = bus.topic_sizes()
     processors = [
         ProcessorStatusPublic(
-            name=name,
-            topics=[bus.topic(t) for t in cls.topics],
-            lag=bus.group_lag(
-                group_name(settings.topic_prefix, name), [bus.topic(t) for t in cls.topics]
-            ),
+            name=processor.name,
+            topics=list(processor.topics),
+            lag=bus.group_lag(processor.group, list(processor.topics)),
         )
-        for name, cls in classes.items()
+        for processor in services.enabled_processors()
     ]
     counts: dict[str, dict[str, int]] = {}
     for namespace in (Namespace.ORIGINAL, Namespace.DEIDENTIFIED):
