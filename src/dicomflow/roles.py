@@ -32,7 +32,12 @@ from dicomflow.kernel.backends import open_blob_store, open_bus, open_spool
 from dicomflow.kernel.settings import Settings, get_settings
 from dicomflow.processors.base import ProcessorContext
 from dicomflow.processors.plugins import plugin_manager, processor_classes, select
-from dicomflow.processors.runtime import ProcessorRunner, dead_letter_topic, group_name
+from dicomflow.processors.runtime import (
+    ProcessorRunner,
+    dead_letter_topic,
+    group_name,
+    pipeline_lag,
+)
 
 log = logging.getLogger(__name__)
 
@@ -339,12 +344,7 @@ def wait_for_server(settings: Settings, progress: Progress | None, timeout: floa
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            lag = sum(
-                bus.group_lag(
-                    group_name(settings.topic_prefix, name), [bus.topic(t) for t in cls.topics]
-                )
-                for name, cls in classes.items()
-            )
+            lag = pipeline_lag(bus, settings.topic_prefix, classes)
             if progress is not None and task is not None:
                 progress.update(task, description=f"processing (server), {lag} to go")
             if lag == 0:

@@ -259,7 +259,7 @@ class DicomflowServer(Receiver):
         self.extra: list[subprocess.Popen[bytes]] = []
         self.http = HttpClient(self.http_port, headers=self.http_headers)
         self._bus: Any = None
-        self._lag_groups: list[tuple[str, list[str]]] | None = None
+        self._lag_processors: dict[str, Any] | None = None  # the server's, loaded once
 
     @property
     def has_api(self) -> bool:
@@ -351,20 +351,16 @@ class DicomflowServer(Receiver):
         """
         if "processors" not in self.roles:
             return None
-        if self._lag_groups is None:
-            from dicomflow.processors.plugins import plugin_manager, processor_classes, select
+        from dicomflow.processors.plugins import plugin_manager, processor_classes, select
+        from dicomflow.processors.runtime import pipeline_lag
 
-            bus = self.bus()
-            classes = select(
+        if self._lag_processors is None:
+            self._lag_processors = select(
                 processor_classes(plugin_manager(self.env["DICOMFLOW_PLUGINS"])),
                 self.env.get("DICOMFLOW_PROCESSORS", ""),
             )
-            self._lag_groups = [
-                (f"dicomflow.{name}", [bus.topic(t) for t in cls.topics])
-                for name, cls in classes.items()
-            ]
-        bus = self.bus()
-        return sum(int(bus.group_lag(g, t)) for g, t in self._lag_groups)
+        prefix = self.env.get("DICOMFLOW_TOPIC_PREFIX", "dicomflow")
+        return pipeline_lag(self.bus(), prefix, self._lag_processors)
 
     def status(self) -> dict[str, Any] | None:
         if not self.has_api:

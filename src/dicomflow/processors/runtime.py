@@ -11,12 +11,12 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge
 
-from dicomflow.kernel.bus.base import Consumer, OutgoingRecord, Producer, Record
+from dicomflow.kernel.bus.base import Consumer, EventBus, OutgoingRecord, Producer, Record
 from dicomflow.kernel.events import DeadLetter, Topic, encode_event
 from dicomflow.kernel.exceptions import BackendUnavailable, BackPressure
 from dicomflow.processors.base import BatchResult, Processor
@@ -52,6 +52,14 @@ class RunnerState:
 
 def group_name(topic_prefix: str, processor_name: str) -> str:
     return f"{topic_prefix}.{processor_name}"
+
+
+def pipeline_lag(bus: EventBus, topic_prefix: str, classes: Mapping[str, type[Processor]]) -> int:
+    """Records of their topics that these processors' consumer groups have not processed."""
+    return sum(
+        bus.group_lag(group_name(topic_prefix, name), [bus.topic(t) for t in cls.topics])
+        for name, cls in classes.items()
+    )
 
 
 class ProcessorRunner:
