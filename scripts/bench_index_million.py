@@ -33,7 +33,7 @@ from dicomflow.bench.runner import (
     summarize_queries,
 )
 from dicomflow.indexer.base import SearchRequest
-from dicomflow.indexer.embedded import READER_CACHE_BYTES, EmbeddedStudyIndex
+from dicomflow.indexer.embedded import INDEX_FILE, READER_CACHE_BYTES, EmbeddedStudyIndex
 from dicomflow.indexer.levels import Level
 from dicomflow.indexer.query import qido_to_query
 from dicomflow.kernel.events import (
@@ -158,7 +158,7 @@ def main() -> None:
     args = parser.parse_args()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="dicomflow-index-"))
     try:
-        if not (folder / "index.sqlite3").exists():
+        if not (folder / INDEX_FILE).exists():
             build(folder, args.instances)
         warm = query(folder, args.rounds, "warm page cache")
         cold = query(folder, args.rounds, "cold page cache") if drop_page_cache() else None

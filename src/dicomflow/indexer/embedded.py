@@ -834,10 +834,10 @@ READER_CACHE_BYTES = 4 << 20
 
 
 def _add_study_docs(conn: sqlite3.Connection) -> None:
-    """Version 1 -> 2: ``studies.doc``, built from ``docs`` (a few seconds per million rows)."""
-    columns = {name for _, name, *_ in conn.execute("PRAGMA table_info(studies)")}
-    if "doc" not in columns:
-        conn.execute("ALTER TABLE studies ADD COLUMN doc TEXT")
+    """Version 1 -> 2: ``studies.doc``, built from ``docs`` (0.36 s for 5,000 studies, the
+    100,000 instances of the bench's layout). Runs in the transaction that sets the version,
+    so a version 1 index never has the column."""
+    conn.execute("ALTER TABLE studies ADD COLUMN doc TEXT")
     last = 0
     while True:
         rows = conn.execute(
