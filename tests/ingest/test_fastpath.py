@@ -1,5 +1,6 @@
 """The receive hot path: UID scanner, file meta encoder, direct storage acceptor, spool writes."""
 
+import os
 import socket
 import threading
 import tracemalloc
@@ -194,7 +195,11 @@ def test_spool_objects_have_no_checksum_side_file(tmp_path: Path) -> None:
     assert store.stat(Namespace.SPOOL, "d/h/x.dcm") == ref
     assert store.get_verified(ref) == b"spooled"
     original = store.put(Namespace.ORIGINAL, "1.2/1.2.3/1.2.3.4.dcm", b"kept")
-    assert (tmp_path / "original" / "1.2" / "1.2.3" / "1.2.3.4.dcm.sha256").is_file()
+    spooled = tmp_path / "spool" / "d" / "h" / "x.dcm"
+    assert os.listxattr(spooled) == []
+    kept = tmp_path / "original" / "1.2" / "1.2.3" / "1.2.3.4.dcm"
+    side_file = kept.with_name(kept.name + ".sha256")  # where attributes are missing
+    assert "user.dicomflow.sha256" in os.listxattr(kept) or side_file.is_file()
     assert store.stat(Namespace.ORIGINAL, "1.2/1.2.3/1.2.3.4.dcm") == original
 
 

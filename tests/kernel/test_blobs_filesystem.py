@@ -1,4 +1,5 @@
-"""What only the filesystem blob store does: links from the spool, one sync per batch."""
+"""What only the filesystem blob store does: links from the spool, one sync per batch,
+checksums in an extended attribute (or a side file where the file system has none)."""
 
 import errno
 from pathlib import Path
@@ -7,7 +8,7 @@ import pytest
 
 from dicomflow.kernel.blobs import filesystem
 from dicomflow.kernel.blobs.filesystem import FilesystemBlobStore
-from dicomflow.kernel.events import Namespace
+from dicomflow.kernel.events import BlobRef, Namespace
 from dicomflow.kernel.exceptions import BackendUnavailable
 from tests.pagecache import require_droppable_pages, resident_pages
 
@@ -29,6 +30,32 @@ def _count_syncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+def _without_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that keeps no user extended attributes (tmpfs before Linux 6.6...)."""
+
+    def refused(*args: object) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(filesystem.os, "setxattr", refused)
+
+
+@pytest.fixture
+def attributes(tmp_path: Path) -> None:
+    """Skip where the file system under the tests keeps no user extended attributes."""
+    probe = tmp_path / "probe"
+    probe.touch()
+    try:
+        filesystem.os.setxattr(probe, "user.dicomflow.probe", b"1")
+    except (OSError, AttributeError) as exc:
+        pytest.skip(f"no user extended attributes under {tmp_path}: {exc}")
+    finally:
+        probe.unlink()
+
+
+def _attribute(path: Path) -> str:
+    return filesystem.os.getxattr(path, "user.dicomflow.sha256").decode()
+
+
 def test_an_object_of_the_spool_is_linked_not_written_again(
     stores: tuple[FilesystemBlobStore, FilesystemBlobStore],
 ) -> None:
@@ -45,34 +72,111 @@ def test_an_object_of_the_spool_is_linked_not_written_again(
 
 
 def test_linking_the_same_object_again_leaves_no_temporary_name(
-    stores: tuple[FilesystemBlobStore, FilesystemBlobStore],
+    stores: tuple[FilesystemBlobStore, FilesystemBlobStore], attributes: None
 ) -> None:
     spool, blobs = stores
     ref = spool.put(Namespace.SPOOL, "in/x.dcm", b"DICM")
     for _ in range(2):  # a redelivered event: rename(2) of two links to one file does nothing
         blobs.put_from(Namespace.ORIGINAL, "a/b/x.dcm", spool, ref)
     folder = blobs.root / "original" / "a" / "b"
-    assert sorted(p.name for p in folder.iterdir()) == ["x.dcm", "x.dcm.sha256"]
+    assert sorted(p.name for p in folder.iterdir()) == ["x.dcm"]
+    assert _attribute(folder / "x.dcm") == ref.sha256
 
 
-def test_a_store_that_cannot_link_copies(
-    stores: tuple[FilesystemBlobStore, FilesystemBlobStore], monkeypatch: pytest.MonkeyPatch
+def test_the_checksum_is_an_attribute_of_the_file_not_a_file(
+    tmp_path: Path, attributes: None
+) -> None:
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    ref = store.put(Namespace.ORIGINAL, "a/b/x.dcm", b"DICM" * 100)
+    path = store.local_path(Namespace.ORIGINAL, ref.key)
+    assert path is not None
+    assert sorted(p.name for p in path.parent.iterdir()) == ["x.dcm"]
+    assert _attribute(path) == ref.sha256
+    path.write_bytes(b"changed behind the store's back")  # stat must not read the bytes
+    assert store.stat(Namespace.ORIGINAL, ref.key) == ref.model_copy(
+        update={"size": path.stat().st_size}
+    )
+
+
+def test_without_attributes_the_checksum_goes_to_a_side_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _without_attributes(monkeypatch)
+    spool = FilesystemBlobStore(tmp_path / "spool")
+    blobs = FilesystemBlobStore(tmp_path / "blobs")
+    put = blobs.put(Namespace.ORIGINAL, "a/b/x.dcm", b"put")
+    linked = blobs.put_from(
+        Namespace.ORIGINAL, "a/b/y.dcm", spool, spool.put(Namespace.SPOOL, "in/y.dcm", b"y")
+    )
+    folder = blobs.root / "original" / "a" / "b"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "x.dcm",
+        "x.dcm.sha256",
+        "y.dcm",
+        "y.dcm.sha256",
+    ]
+    assert blobs.stat(Namespace.ORIGINAL, "a/b/x.dcm") == put
+    assert blobs.stat(Namespace.ORIGINAL, "a/b/y.dcm") == linked
+    assert list(blobs.keys(Namespace.ORIGINAL)) == ["a/b/x.dcm", "a/b/y.dcm"]
+    blobs.delete(Namespace.ORIGINAL, "a/b/x.dcm")
+    assert sorted(p.name for p in folder.iterdir()) == ["y.dcm", "y.dcm.sha256"]
+
+
+def test_an_archive_of_the_side_file_layout_is_read_and_rewritten(
+    tmp_path: Path, attributes: None
+) -> None:
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    folder = store.root / "original" / "a" / "b"
+    folder.mkdir(parents=True)
+    (folder / "x.dcm").write_bytes(b"old")
+    (folder / "x.dcm.sha256").write_text("f" * 64 + "\n")  # as the earlier layout wrote it
+    assert store.stat(Namespace.ORIGINAL, "a/b/x.dcm") == BlobRef(
+        namespace=Namespace.ORIGINAL, key="a/b/x.dcm", size=3, sha256="f" * 64
+    )
+    assert list(store.keys(Namespace.ORIGINAL)) == ["a/b/x.dcm"]
+    new = store.put(Namespace.ORIGINAL, "a/b/x.dcm", b"new")
+    assert sorted(p.name for p in folder.iterdir()) == ["x.dcm"]  # the stale side file went
+    assert store.stat(Namespace.ORIGINAL, "a/b/x.dcm") == new
+
+
+def test_an_object_copied_without_its_checksum_is_hashed(tmp_path: Path, attributes: None) -> None:
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    ref = store.put(Namespace.ORIGINAL, "a/b/x.dcm", b"DICM" * 100)
+    path = store.local_path(Namespace.ORIGINAL, ref.key)
+    assert path is not None
+    filesystem.os.removexattr(path, "user.dicomflow.sha256")  # cp without --preserve=xattr
+    assert store.stat(Namespace.ORIGINAL, ref.key) == ref
+
+
+@pytest.mark.parametrize("why", ["another file system", "no hard links there"])
+def test_an_object_that_cannot_be_linked_is_copied_with_its_checksum(
+    stores: tuple[FilesystemBlobStore, FilesystemBlobStore],
+    monkeypatch: pytest.MonkeyPatch,
+    attributes: None,
+    why: str,
 ) -> None:
     spool, blobs = stores
     ref = spool.put(Namespace.SPOOL, "in/x.dcm", b"bytes")
+    if why == "another file system":
+        monkeypatch.setattr(blobs, "_device", blobs._device + 1)
+    else:
 
-    def cross_device(source: Path, target: Path) -> None:
-        raise OSError(errno.EXDEV, "Invalid cross-device link")
+        def cross_device(source: Path, target: Path) -> None:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-    monkeypatch.setattr(filesystem.os, "link", cross_device)
+        monkeypatch.setattr(filesystem.os, "link", cross_device)
     stored = blobs.put_from(Namespace.ORIGINAL, "a/b/x.dcm", spool, ref)
     target = blobs.local_path(Namespace.ORIGINAL, "a/b/x.dcm")
     assert target is not None and target.stat().st_nlink == 1
     assert blobs.get_verified(stored) == b"bytes"
+    assert _attribute(target) == ref.sha256
+    assert blobs.stat(Namespace.ORIGINAL, "a/b/x.dcm") == stored
 
 
 def test_a_batch_makes_its_objects_durable_with_one_sync(
-    stores: tuple[FilesystemBlobStore, FilesystemBlobStore], monkeypatch: pytest.MonkeyPatch
+    stores: tuple[FilesystemBlobStore, FilesystemBlobStore],
+    monkeypatch: pytest.MonkeyPatch,
+    attributes: None,
 ) -> None:
     spool, blobs = stores
     refs = [spool.put(Namespace.SPOOL, f"in/{n}.dcm", b"x%d" % n) for n in range(5)]
@@ -83,8 +187,8 @@ def test_a_batch_makes_its_objects_durable_with_one_sync(
             blobs.put_from(Namespace.ORIGINAL, f"a/b/{n}.dcm", spool, ref)
         blobs.put(Namespace.DEIDENTIFIED, "c/d/e.dcm", b"copy")
         assert calls == []
-    # 5 links + 5 checksum files + 1 object + 1 checksum file, one sync.
-    assert calls == [12]
+    # 5 links + 1 object (their checksums are attributes of the files), one sync.
+    assert calls == [6]
 
 
 def _no_fsync_expected(fd: int) -> None:
@@ -118,7 +222,9 @@ def test_a_failed_sync_is_a_transient_failure(
 
 
 def test_without_syncfs_every_file_and_folder_is_fsynced(
-    stores: tuple[FilesystemBlobStore, FilesystemBlobStore], monkeypatch: pytest.MonkeyPatch
+    stores: tuple[FilesystemBlobStore, FilesystemBlobStore],
+    monkeypatch: pytest.MonkeyPatch,
+    attributes: None,
 ) -> None:
     _, blobs = stores
     monkeypatch.setattr(filesystem, "_SYNCFS", None)
@@ -133,12 +239,15 @@ def test_without_syncfs_every_file_and_folder_is_fsynced(
     with blobs.batch():
         blobs.put(Namespace.ORIGINAL, "a/b/1.dcm", b"1")
         blobs.put(Namespace.ORIGINAL, "a/b/2.dcm", b"2")
-    # 2 objects + 2 checksum files, then their one folder.
-    assert len(synced) == 5
+    # 2 objects, then their one folder.
+    assert len(synced) == 3
 
 
-def test_dropped_objects_leave_the_page_cache(tmp_path: Path) -> None:
+def test_dropped_objects_leave_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     require_droppable_pages(tmp_path)
+    _without_attributes(monkeypatch)  # the side file's pages too
     store = FilesystemBlobStore(tmp_path / "blobs")
     ref = store.put(Namespace.ORIGINAL, "1.2/1.2.3/1.2.3.4.dcm", b"DICM" * 10_000)
     path = store.local_path(Namespace.ORIGINAL, ref.key)
@@ -154,12 +263,14 @@ def test_dropped_objects_leave_the_page_cache(tmp_path: Path) -> None:
 
 
 def test_a_batch_drops_the_checksum_files_it_wrote_but_keeps_linked_objects(
-    stores: tuple[FilesystemBlobStore, FilesystemBlobStore], tmp_path: Path
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The storage processor links the spool's copy in a batch; the metadata processor reads
     # that object next, so its pages stay, while the checksum file is not read again soon.
     require_droppable_pages(tmp_path)
-    spool, blobs = stores
+    _without_attributes(monkeypatch)
+    spool = FilesystemBlobStore(tmp_path / "spool")
+    blobs = FilesystemBlobStore(tmp_path / "blobs")
     data = b"DICM" * 10_000
     spooled = spool.put_new(Namespace.SPOOL, data)
     with blobs.batch():

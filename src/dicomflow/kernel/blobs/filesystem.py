@@ -13,10 +13,16 @@ system (the spool) hard-links the already-durable object instead of writing it a
 `put_many` in the spool (bulk import) writes and fsyncs each object the same way but renames
 them all before one fsync per folder, instead of one per object.
 
-The SHA-256 is kept in a side file so that `stat` needs no full read. Not in the spool: a
+The SHA-256 is kept with the file, in its extended attribute ``user.dicomflow.sha256``, so that
+`stat` needs no full read. It is set on the file before its name appears (on the temporary file
+before the rename; on the spool's file before the link), so a name never shows without its
+checksum, and it costs no file of its own: an earlier layout kept it in a side file
+(``<name>.sha256``), which doubled the files of an archive and cost a file create per stored
+object, the largest part of the storage processor's time on small objects. A file system
+without user extended attributes gets the side file still, and `stat` reads either; an object
+whose checksum was lost (copied without its attributes) is read and hashed. Not in the spool: a
 spool object is only ever reached through the event that announced it, which carries its
-SHA-256 (claim check), so the side file would cost two more fsyncs on the acknowledgement path
-for nothing; `stat` of a spool object reads it instead.
+SHA-256 (claim check); `stat` of a spool object reads it instead.
 """
 
 import contextlib
@@ -38,6 +44,9 @@ from dicomflow.kernel.events import BlobRef, Namespace
 from dicomflow.kernel.exceptions import BackendUnavailable, BlobNotFound, KernelError
 
 _SUM_SUFFIX = ".sha256"
+_SUM_ATTRIBUTE = "user.dicomflow.sha256"
+# setxattr(2) refusals that mean "this file system keeps no user attributes": a side file then.
+_NO_ATTRIBUTES = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
 # A full disk is the store's condition, not the object's: the write is retried once space is
 # freed (a processor must not dead-letter an acknowledged object for it).
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -158,14 +167,19 @@ def _link(source: Path, path: Path) -> bool:
     return True
 
 
-def _replace(path: Path, data: bytes, durable: bool) -> None:
+def _replace(
+    path: Path, data: bytes, durable: bool, before_rename: Callable[[int], None] | None = None
+) -> None:
     """Atomically replace `path` with `data` (a temporary name, then a rename); `durable`
-    also fsyncs the data before the rename and the folder after it (else see `sync_files`)."""
+    also fsyncs the data before the rename and the folder after it (else see `sync_files`).
+    `before_rename` gets the temporary file's descriptor once the data is written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            if before_rename is not None:
+                before_rename(handle.fileno())
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -404,11 +418,31 @@ class _NamePool:
             self._remove()
 
 
+def _recorded_checksum(path: Path) -> str:
+    """The SHA-256 recorded for the object at `path`: its attribute, else its side file (the
+    earlier layout, or a file system without attributes), else its bytes hashed again (an
+    object copied without its attributes)."""
+    try:
+        return os.getxattr(path, _SUM_ATTRIBUTE).decode("ascii")
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise
+    except AttributeError:  # no extended attributes on this platform
+        pass
+    try:
+        return path.with_name(path.name + _SUM_SUFFIX).read_text().strip()
+    except FileNotFoundError:
+        return sha256_of(path.read_bytes())
+
+
 class FilesystemBlobStore(BlobStore):
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self._spool_names = _NamePool(self.root / Namespace.SPOOL.value)
+        # Cleared at the first refusal: this file system keeps checksums in side files.
+        self._attributes = hasattr(os, "setxattr")
+        self._device = self.root.stat().st_dev
 
     def _path(self, namespace: Namespace, key: str) -> Path:
         # Lexical, not Path.resolve(): resolving stats every component of the path (a tenth of
@@ -423,8 +457,7 @@ class FilesystemBlobStore(BlobStore):
         path = self._path(namespace, key)
         digest = sha256_of(data)
         with self._disk_full_is_transient():
-            self._write_checksum(namespace, path, digest)
-            self._write(path, data)
+            self._write(path, data, self._checksum_writer(namespace, path, digest))
         return BlobRef(namespace=namespace, key=key, size=len(data), sha256=digest)
 
     def put_from(self, namespace: Namespace, key: str, source: BlobStore, ref: BlobRef) -> BlobRef:
@@ -437,10 +470,18 @@ class FilesystemBlobStore(BlobStore):
             return super().put_from(namespace, key, source, ref)
         data = source.get_verified(ref)
         path = self._path(namespace, key)
+        record_checksum = self._checksum_writer(namespace, path, ref.sha256)
         with self._disk_full_is_transient():
-            self._write_checksum(namespace, path, ref.sha256)
-            if not _link(source_path, path):
-                self._write(path, data)
+            linkable = source_path.stat().st_dev == self._device
+            if linkable and record_checksum is not None:
+                # On the source's file, before the link: the name shows with its checksum.
+                fd = os.open(source_path, os.O_RDONLY)
+                try:
+                    record_checksum(fd)
+                finally:
+                    os.close(fd)
+            if not (linkable and _link(source_path, path)):
+                self._write(path, data, record_checksum)
             elif self._batch().depth:
                 self._batch().pending.append(path)
             else:
@@ -462,18 +503,45 @@ class FilesystemBlobStore(BlobStore):
             if path.name.endswith(_SUM_SUFFIX):
                 drop_page_cache(path)
 
-    def _write_checksum(self, namespace: Namespace, path: Path, digest: str) -> None:
-        if Namespace(namespace) is not Namespace.SPOOL:
-            # The checksum file goes first: a crash between the two leaves an absent object
-            # with a stale side file, never an object whose recorded checksum is missing.
-            self._write(path.with_name(path.name + _SUM_SUFFIX), digest.encode())
+    def _checksum_writer(
+        self, namespace: Namespace, path: Path, digest: str
+    ) -> Callable[[int], None] | None:
+        """What records `digest` for the object about to be named `path` (None in the spool).
 
-    def _write(self, path: Path, data: bytes) -> None:
+        Called with the descriptor of the file that will bear the name, before the name
+        appears: it sets the file's checksum attribute, or, where the file system has none,
+        writes the side file first (a crash between the two then leaves an absent object with
+        a stale side file, never an object whose recorded checksum is missing).
+        """
+        if Namespace(namespace) is Namespace.SPOOL:
+            return None
+        side_file = path.with_name(path.name + _SUM_SUFFIX)
+
+        def record(fd: int) -> None:
+            if self._attributes:
+                try:
+                    os.setxattr(fd, _SUM_ATTRIBUTE, digest.encode())
+                except OSError as exc:
+                    if exc.errno not in _NO_ATTRIBUTES:
+                        raise
+                    self._attributes = False
+                else:
+                    # A replaced object's side file, from the earlier layout: stale now.
+                    with contextlib.suppress(FileNotFoundError):
+                        side_file.unlink()
+                    return
+            self._write(side_file, digest.encode())
+
+        return record
+
+    def _write(
+        self, path: Path, data: bytes, before_rename: Callable[[int], None] | None = None
+    ) -> None:
         if self._batch().depth:
-            _replace(path, data, durable=False)
+            _replace(path, data, durable=False, before_rename=before_rename)
             self._batch().pending.append(path)
         else:
-            write_durably(path, data)
+            _replace(path, data, durable=True, before_rename=before_rename)
 
     @contextlib.contextmanager
     def _disk_full_is_transient(self) -> Iterator[None]:
@@ -582,7 +650,7 @@ class FilesystemBlobStore(BlobStore):
             if Namespace(namespace) is Namespace.SPOOL:
                 digest = sha256_of(path.read_bytes())
             else:
-                digest = path.with_name(path.name + _SUM_SUFFIX).read_text().strip()
+                digest = _recorded_checksum(path)
         except FileNotFoundError:
             return None
         return BlobRef(namespace=namespace, key=key, size=size, sha256=digest)
