@@ -1,6 +1,7 @@
 """DICOMweb over HTTP: QIDO-RS, WADO-RS (objects, metadata, bulk data, frames, rendered,
 thumbnails, transfer syntax negotiation) and STOW-RS responses, on an archive filled directly."""
 
+import json
 import re
 from collections.abc import Iterator
 from io import BytesIO
@@ -24,6 +25,7 @@ from pydicom.uid import (
 )
 
 from dicomflow.api.app import create_app
+from dicomflow.api.routes.dicomweb import DicomJSONResponse
 from dicomflow.kernel.settings import Settings
 from dicomflow.synthetic import PatientSpec, iter_study_tree, make_instance
 from tests.api.conftest import Archive, open_archive, part10
@@ -576,3 +578,22 @@ def test_stow_answers_with_referenced_and_failed_sop_sequences(client: TestClien
         headers={"Content-Type": 'multipart/related; type="application/dicom+json"; boundary=x'},
     )
     assert wrong_type.status_code == 415
+
+
+def test_dicom_json_bodies_are_the_json_of_their_content() -> None:
+    content = [
+        {
+            "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Müller^Jörg=山田^太郎"}]},
+            "00280030": {"vr": "DS", "Value": [0.1, 1e16, 2.5e-7]},
+            "00200013": {"vr": "IS", "Value": [3]},
+            "00081030": {"vr": "LO"},
+            "00081140": {"vr": "SQ", "Value": [{"00081150": {"vr": "UI", "Value": ["1.2"]}}]},
+        }
+    ]
+    response = DicomJSONResponse(content)
+    assert response.media_type == "application/dicom+json"
+    assert json.loads(response.body) == content
+    assert "Müller".encode() in response.body  # UTF-8, as the standard's encoder wrote it
+    # A value that JSON cannot carry never makes the body invalid.
+    odd = DicomJSONResponse([{"00280030": {"vr": "DS", "Value": [float("nan")]}}])
+    assert json.loads(odd.body) == [{"00280030": {"vr": "DS", "Value": [None]}}]
