@@ -1,5 +1,6 @@
 """A chunk of `dicomflow import`: received together, every file's outcome its own."""
 
+import io
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from dicomflow.ingest import importer
 from dicomflow.ingest.receiver import DurableReceiver
@@ -144,3 +146,48 @@ def test_the_import_command_starts_without_pydicom() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_the_import_walks_the_tree_as_it_goes(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No list of every file: a migration of tens of millions of files must fit in memory."""
+    tree = tmp_path / "tree"
+    for folder in range(40):
+        (tree / f"d{folder:02d}").mkdir(parents=True)
+        for n in range(100):
+            (tree / f"d{folder:02d}" / f"f{n:03d}").write_bytes(b"not DICOM")
+    walked = 0
+    ahead: list[int] = []  # files walked but not yet reported, at each report
+    real_walk, real_add = importer.iter_files, importer.ImportReport.add
+
+    def walk(paths: list[Path]) -> Iterator[Path]:
+        nonlocal walked
+        for path in real_walk(paths):
+            walked += 1
+            yield path
+
+    def add(report: importer.ImportReport, outcome: importer.FileOutcome) -> None:
+        ahead.append(walked - report.files)
+        real_add(report, outcome)
+
+    monkeypatch.setattr(importer, "iter_files", walk)
+    monkeypatch.setattr(importer.ImportReport, "add", add)
+    output = io.StringIO()
+    report = importer.run_import(settings, [tree], workers=1, console=Console(file=output))
+    assert report.files == report.skipped == walked == 4000
+    # The walk runs ahead of the workers by what the pool's pipe holds (a few chunks).
+    assert max(ahead) < 2500, max(ahead)
+    assert len(report.problems) == 50
+    assert "4000/4000" in output.getvalue()  # the total, from the count that ran ahead
+    assert "... and 3950 more" in output.getvalue()
+
+
+def test_the_report_counts_every_problem_but_keeps_few() -> None:
+    report = importer.ImportReport()
+    for n in range(1500):
+        report.add(importer.FileOutcome(f"/x/{n}", "error", f"reason {n % 1200}"))
+    assert report.errors == 1500 and len(report.problems) == 50
+    assert len(report.error_reasons) == 1001  # 1000 reasons, then "(other reasons)"
+    assert sum(report.error_reasons.values()) == 1500
+    assert report.error_reasons["reason 0"] == 2
