@@ -161,8 +161,23 @@ def run_api(settings: Settings) -> None:
     )
 
 
+PROCESS_NAME_PREFIX = "df:"
+
+
+def process_name(role: str) -> str:
+    """The name `top` and `ps -o comm` show for a role's process (Linux keeps 15 bytes)."""
+    return (PROCESS_NAME_PREFIX + role.removeprefix("processor:"))[:15]
+
+
+def name_process(role: str) -> None:
+    """Name this process after its role: every child of `serve` is `python` otherwise."""
+    with contextlib.suppress(OSError):  # not Linux: the name stays
+        Path("/proc/self/comm").write_text(process_name(role))
+
+
 def run_role(role: str, reuse_port: bool = False, group: str | None = None, nice: int = 0) -> None:
     """Entry point of a child process (and of `serve --role`)."""
+    name_process(role)
     if nice:
         os.nice(nice)
     settings = get_settings()

@@ -1,6 +1,8 @@
 """The bench's process sampling: peaks of every process of a tree, each labelled once."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,4 +47,28 @@ def test_the_pipeline_lag_is_read_from_the_event_log_for_the_servers_processors(
     producer.close()
     assert server.lag() == expected
     bus.close()
+    server.http.close()
+
+
+def test_the_processes_of_serve_are_labelled_by_their_roles(tmp_path: Path) -> None:
+    server = DicomflowServer(tmp_path, {}, ["ingest", "processors"])  # not started
+    code = (
+        "import sys, time; from dicomflow.roles import name_process; "
+        "name_process(sys.argv[1]); print(open('/proc/self/comm').read().strip(), flush=True); "
+        "time.sleep(60)"
+    )
+    for role, name, label in [
+        ("processor:storage,index", "df:storage,inde", "storage,inde"),
+        ("processor:metadata", "df:metadata", "metadata"),
+        ("processor:deidentify", "df:deidentify", "deidentify"),
+    ]:
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, role], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == name
+            assert server.role_of(child.pid) == label
+        finally:
+            child.kill()
+            child.wait()
     server.http.close()

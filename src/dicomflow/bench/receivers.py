@@ -325,10 +325,16 @@ class DicomflowServer(Receiver):
         command = procs.cmdline(pid)
         if "resource_tracker" in command:
             return "resource_tracker"
-        if pid == self.pid and self.has_api:
+        if self.has_api and pid == self.pid:
             return "supervisor"
         if "--role" in command:
             return command.split("--role", 1)[1].split()[0]
+        # `serve` names its children after their roles (the search path's processes apart).
+        from dicomflow.roles import PROCESS_NAME_PREFIX
+
+        stat = procs.read_stat(pid)
+        if stat is not None and stat.comm.startswith(PROCESS_NAME_PREFIX):
+            return stat.comm.removeprefix(PROCESS_NAME_PREFIX)
         return "processors"
 
     def bus(self) -> Any:
