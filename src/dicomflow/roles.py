@@ -274,6 +274,7 @@ def _ingest_children(settings: Settings) -> list[_Child]:
 
 def supervise(roles: list[str], settings: Settings) -> int:
     """Run roles as child processes until SIGTERM/SIGINT; restart children that die."""
+    name_process("serve")
     ctx = multiprocessing.get_context("spawn")
     children: list[_Child] = []
     for role in roles:
