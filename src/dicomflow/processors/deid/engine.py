@@ -29,7 +29,7 @@ from datetime import date, timedelta
 
 import pydicom
 from pydicom.datadict import keyword_for_tag
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
@@ -73,6 +73,7 @@ PATIENT_NAME = Tag("PatientName")
 ACCESSION_NUMBER = Tag("AccessionNumber")
 DEIDENTIFICATION_METHOD_TAG = Tag("DeidentificationMethod")
 STANDARD_UID_PREFIX = "1.2.840.10008."
+_PSEUDONYMISED = frozenset({PATIENT_ID, PATIENT_NAME, ACCESSION_NUMBER})
 
 _TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 _FREE_TEXT_VRS = frozenset({"LT", "ST", "UT", "UC", "PN"})
@@ -243,6 +244,13 @@ def _clean(ds: Dataset, run: _Run, patient_key: str, *, scrub_free_text: bool) -
         if tag.is_private or (tag.element == 0 and tag.group != 0x0002):
             del ds[tag]
             continue
+        if tag not in _PSEUDONYMISED:
+            vr = _raw_vr(ds, tag)
+            if vr is not None and _left_as_is(tag, vr, run, scrub_free_text=scrub_free_text):
+                # Never decoded: the writer copies the element's bytes as they came. Most
+                # attributes are kept, and decoding and encoding each of them was half of the
+                # cost of a de-identification.
+                continue
         elem = ds[tag]
         secret = run.options.secret
         if tag == PATIENT_ID:
@@ -266,6 +274,37 @@ def _clean(ds: Dataset, run: _Run, patient_key: str, *, scrub_free_text: bool) -
             _unlisted(ds, elem, run, patient_key, scrub_free_text=scrub_free_text)
         else:
             _apply(ds, elem, action, run, patient_key)
+
+
+def _raw_vr(ds: Dataset, tag: BaseTag) -> str | None:
+    """The VR of an element not decoded yet, when decoding would keep it (explicit VR, not
+    UN: pydicom replaces UN by the dictionary's VR); else None (decode to know)."""
+    raw = ds.get_item(tag)
+    if isinstance(raw, RawDataElement) and raw.VR is not None and raw.VR != "UN":
+        return str(raw.VR)
+    return None
+
+
+def _left_as_is(tag: BaseTag, vr: str, run: _Run, *, scrub_free_text: bool) -> bool:
+    """Whether `_clean` keeps the attribute unchanged, known from its tag and VR alone.
+
+    The same decisions as the branches of `_clean`, `_unlisted` and `_apply` that change
+    nothing; False wherever the value is needed to know (a sequence's items, an empty value).
+    """
+    if vr in _DATE_VRS and tag not in NEVER_RETAINED_TEMPORAL_TAGS:
+        return run.shift is None
+    if vr == "SQ":
+        return False
+    action = basic_profile_action(tag)
+    if action is None:
+        if vr == "UI":
+            return _is_public_uid_attribute(tag)
+        return not (scrub_free_text and vr in _FREE_TEXT_VRS)
+    if tag in run.retained:
+        return True
+    if vr == "TM" and tag not in NEVER_RETAINED_TEMPORAL_TAGS:
+        return True
+    return action is Action.KEEP
 
 
 def _unlisted(
