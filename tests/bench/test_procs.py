@@ -32,20 +32,27 @@ def test_the_sampler_labels_each_process_once_and_keeps_its_peak() -> None:
 
 
 @pytest.mark.parametrize(
-    ("processors", "expected"),
-    [("storage", 3), ("storage,metadata", 3), ("metadata", 0), ("", 3)],
+    ("overrides", "expected"),
+    [
+        ({"processors": "storage"}, 3),
+        ({"processors": "storage,metadata"}, 3),
+        ({"processors": "metadata"}, 0),
+        ({}, 3),
+        ({"topic_prefix": "site2"}, 3),
+    ],
 )
 def test_the_pipeline_lag_is_read_from_the_event_log_for_the_servers_processors(
-    tmp_path: Path, processors: str, expected: int
+    tmp_path: Path, overrides: dict[str, str], expected: int
 ) -> None:
     # Not through /api/status (which counts the index): only the server's own processors.
-    overrides = {"processors": processors} if processors else {}
     server = DicomflowServer(tmp_path, overrides, ["ingest", "processors"])
     bus = server.bus()
+    assert bus.topic(Topic.RECEIVED) == f"{overrides.get('topic_prefix', 'dicomflow')}.received"
     producer = bus.producer()
     producer.publish_many([OutgoingRecord(bus.topic(Topic.RECEIVED), "k", b"{}") for _ in range(3)])
     producer.close()
     assert server.lag() == expected
+    assert server.count() == 3
     bus.close()
     server.http.close()
 

@@ -266,6 +266,13 @@ class DicomflowServer(Receiver):
         return "api" in self.roles
 
     @property
+    def topic_prefix(self) -> str:
+        from dicomflow.kernel.settings import Settings
+
+        default = str(Settings.model_fields["topic_prefix"].default)
+        return self.env.get("DICOMFLOW_TOPIC_PREFIX", default)
+
+    @property
     def workers(self) -> int:
         value = int(self.overrides.get("dicom_workers", "1") or 1)
         return value if value > 0 else os.cpu_count() or 1
@@ -341,12 +348,12 @@ class DicomflowServer(Receiver):
         if self._bus is None:
             from dicomflow.kernel.bus.embedded import EmbeddedBus
 
-            self._bus = EmbeddedBus(self.data_dir / "events")
+            self._bus = EmbeddedBus(self.data_dir / "events", self.topic_prefix)
         return self._bus
 
     def count(self) -> int:
         sizes: dict[str, int] = self.bus().topic_sizes()
-        return sizes.get("dicomflow.received", 0)
+        return sizes.get(self.bus().topic("received"), 0)
 
     def lag(self) -> int | None:
         """Records not yet processed by every processor (None: no processors running).
@@ -365,8 +372,7 @@ class DicomflowServer(Receiver):
                 processor_classes(plugin_manager(self.env["DICOMFLOW_PLUGINS"])),
                 self.env.get("DICOMFLOW_PROCESSORS", ""),
             )
-        prefix = self.env.get("DICOMFLOW_TOPIC_PREFIX", "dicomflow")
-        return pipeline_lag(self.bus(), prefix, self._lag_processors)
+        return pipeline_lag(self.bus(), self.topic_prefix, self._lag_processors)
 
     def status(self) -> dict[str, Any] | None:
         if not self.has_api:
