@@ -22,8 +22,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from starlette.responses import JSONResponse
-
+from dicomflow.api.routes.dicomweb import DicomJSONResponse
 from dicomflow.bench.data import CASES, Template, bench_uid, tree_identities
 from dicomflow.bench.runner import (
     INSTANCES_PER_SERIES,
@@ -134,7 +133,7 @@ def query(folder: Path, rounds: int, label: str) -> float:
         )
         started = time.perf_counter()
         result = index.search(request)
-        JSONResponse(result.results)
+        DicomJSONResponse(result.results)
         samples[kind].append(time.perf_counter() - started)
         matches[kind].append(result.total)
     index.close()
