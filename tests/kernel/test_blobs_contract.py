@@ -59,6 +59,17 @@ def test_large_object_round_trip(store: BlobStore) -> None:
     assert store.get_verified(ref) == data
 
 
+def test_the_head_of_an_object(store: BlobStore) -> None:
+    data = bytes(range(256)) * 400
+    store.put(Namespace.ORIGINAL, "1.2/1.2.3/head.dcm", data)
+    assert store.get_head(Namespace.ORIGINAL, "1.2/1.2.3/head.dcm", 1000) == data[:1000]
+    assert store.get_head(Namespace.ORIGINAL, "1.2/1.2.3/head.dcm", 10**6) == data
+    store.put(Namespace.ORIGINAL, "1.2/1.2.3/empty.dcm", b"")
+    assert store.get_head(Namespace.ORIGINAL, "1.2/1.2.3/empty.dcm", 1000) == b""
+    with pytest.raises(BlobNotFound):
+        store.get_head(Namespace.ORIGINAL, "1.2/1.2.3/absent.dcm", 1000)
+
+
 @pytest.mark.parametrize(
     "key", ["../x", "a/../../x", "/etc/passwd", "", "a//b", ".", "a/..", "a\\b"]
 )

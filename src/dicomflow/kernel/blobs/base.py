@@ -154,6 +154,15 @@ class BlobStore(ABC):
     def get(self, namespace: Namespace, key: str) -> bytes:
         """The object's bytes; raises BlobNotFound."""
 
+    def get_head(self, namespace: Namespace, key: str, size: int) -> bytes:
+        """The object's first `size` bytes (all of a shorter one); raises BlobNotFound.
+
+        Not checked against the object's SHA-256, which covers the whole object: for readers
+        of a header whose object was verified already (the metadata processor reads a CT
+        object's first 64 KB, not its 0.5 MB, right after the storage processor verified it).
+        """
+        return self.get(namespace, key)[:size]
+
     def get_verified(self, ref: BlobRef) -> bytes:
         """The bytes of `ref`, checked against its SHA-256; raises ChecksumMismatch."""
         from dicomflow.kernel.exceptions import ChecksumMismatch

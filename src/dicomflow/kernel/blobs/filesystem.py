@@ -634,6 +634,13 @@ class FilesystemBlobStore(BlobStore):
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise BlobNotFound(f"no object {namespace}/{key}") from None
 
+    def get_head(self, namespace: Namespace, key: str, size: int) -> bytes:
+        try:
+            with self._path(namespace, key).open("rb") as handle:
+                return handle.read(size)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise BlobNotFound(f"no object {namespace}/{key}") from None
+
     def drop_cached(self, refs: Sequence[BlobRef]) -> None:
         # Not the checksum side files: those written in a batch are dropped when it ends.
         for ref in refs:
