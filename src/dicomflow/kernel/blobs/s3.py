@@ -139,13 +139,7 @@ class S3BlobStore(BlobStore):
 
     def get(self, namespace: Namespace, key: str) -> bytes:
         check_key(key)
-        response = self._call("get", self._client.get_object, self.bucket(namespace), key)
-        try:
-            data: bytes = response.read()
-            return data
-        finally:
-            response.close()
-            response.release_conn()
+        return _body(self._call("get", self._client.get_object, self.bucket(namespace), key))
 
     def get_head(self, namespace: Namespace, key: str, size: int) -> bytes:
         check_key(key)
@@ -160,14 +154,7 @@ class S3BlobStore(BlobStore):
                 raise
 
         response = self._call("get", fetch)
-        if response is None:
-            return b""
-        try:
-            data: bytes = response.read()
-            return data
-        finally:
-            response.close()
-            response.release_conn()
+        return b"" if response is None else _body(response)
 
     def stat(self, namespace: Namespace, key: str) -> BlobRef | None:
         check_key(key)
@@ -209,3 +196,13 @@ class S3BlobStore(BlobStore):
             if self._uploads is not None:
                 self._uploads.shutdown(wait=True)
                 self._uploads = None
+
+
+def _body(response: Any) -> bytes:
+    """The bytes of a GET response, its connection returned to the pool."""
+    try:
+        data: bytes = response.read()
+        return data
+    finally:
+        response.close()
+        response.release_conn()
