@@ -80,8 +80,16 @@ def test_a_header_longer_than_the_head_is_read_whole(
     assert reads == [ref]
 
 
-def test_a_missing_object_is_a_poison_event(tmp_path: Path) -> None:
-    store, ref = _stored(tmp_path, b"\0" * (metadata.HEAD_BYTES + 1))
-    store.delete(ref.namespace, ref.key)
-    with pytest.raises(PoisonEvent, match="cannot be read"):
+@pytest.mark.parametrize("size", [100, metadata.HEAD_BYTES + 1])
+def test_a_missing_or_unreadable_object_is_a_poison_event_naming_it(
+    tmp_path: Path, size: int
+) -> None:
+    store, ref = _stored(tmp_path, b"\0" * size)
+    with pytest.raises(PoisonEvent) as unreadable:
         stored_metadata(store, ref)
+    assert str(unreadable.value).startswith("object original/1.2/1.2.3/1.2.3.4.dcm: ")
+    store.delete(ref.namespace, ref.key)
+    with pytest.raises(PoisonEvent) as missing:
+        stored_metadata(store, ref)
+    assert str(missing.value).startswith("object original/1.2/1.2.3/1.2.3.4.dcm cannot be read: ")
+    assert ": object " not in str(missing.value)  # named once, not once per layer

@@ -638,7 +638,11 @@ def stored_metadata(blobs: BlobStore, ref: BlobRef) -> tuple[dict[str, Any], dic
             found = _read_metadata_fast(head, whole=False)
             if found is not None:
                 return found
-    return read_metadata(_read_blob(blobs, ref))
+    data = _read_blob(blobs, ref)
+    try:
+        return read_metadata(data)
+    except PoisonEvent as exc:
+        raise PoisonEvent(f"object {ref.namespace}/{ref.key}: {exc}") from exc
 
 
 def _read_blob(blobs: BlobStore, ref: BlobRef) -> bytes:
@@ -700,10 +704,7 @@ class MetadataProcessor(Processor):
             event = decode_event(record.value, ObjectStored)
         except ValidationError as exc:
             raise PoisonEvent(f"not an ObjectStored event: {exc}") from exc
-        try:
-            dicom_json, fields = stored_metadata(self.context.blobs, event.blob)
-        except PoisonEvent as exc:
-            raise PoisonEvent(f"object {event.blob.namespace}/{event.blob.key}: {exc}") from exc
+        dicom_json, fields = stored_metadata(self.context.blobs, event.blob)
         self._read.append(event.blob)
         return [_record(self.context, event, dicom_json, fields)]
 
