@@ -633,32 +633,33 @@ def stored_metadata(blobs: BlobStore, ref: BlobRef) -> tuple[dict[str, Any], dic
         try:
             head = blobs.get_head(ref.namespace, ref.key, HEAD_BYTES)
         except BlobNotFound as exc:
-            raise PoisonEvent(f"object {ref.namespace}/{ref.key} cannot be read: {exc}") from exc
+            raise _unreadable(ref, exc) from exc
         if len(head) == HEAD_BYTES:
             found = _read_metadata_fast(head, whole=False)
             if found is not None:
                 return found
-    data = _read_blob(blobs, ref)
+    try:
+        data = blobs.get_verified(ref)
+    except (BlobNotFound, ChecksumMismatch) as exc:
+        raise _unreadable(ref, exc) from exc
+    return _metadata_of(ref, data)
+
+
+def _unreadable(ref: BlobRef, exc: Exception) -> PoisonEvent:
+    return PoisonEvent(f"object {ref.namespace}/{ref.key} cannot be read: {exc}")
+
+
+def _metadata_of(ref: BlobRef, data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`read_metadata` of the object `ref` whose bytes are `data`; a refusal names it."""
     try:
         return read_metadata(data)
     except PoisonEvent as exc:
         raise PoisonEvent(f"object {ref.namespace}/{ref.key}: {exc}") from exc
 
 
-def _read_blob(blobs: BlobStore, ref: BlobRef) -> bytes:
-    try:
-        return blobs.get_verified(ref)
-    except (BlobNotFound, ChecksumMismatch) as exc:
-        raise PoisonEvent(f"object {ref.namespace}/{ref.key} cannot be read: {exc}") from exc
-
-
 def metadata_record(context: ProcessorContext, event: ObjectStored, data: bytes) -> OutgoingRecord:
     """The ``metadata`` record of a stored object whose bytes are `data`."""
-    try:
-        dicom_json, fields = read_metadata(data)
-    except PoisonEvent as exc:
-        raise PoisonEvent(f"object {event.blob.namespace}/{event.blob.key}: {exc}") from exc
-    return _record(context, event, dicom_json, fields)
+    return _record(context, event, *_metadata_of(event.blob, data))
 
 
 def _record(
