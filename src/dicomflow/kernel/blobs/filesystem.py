@@ -629,12 +629,10 @@ class FilesystemBlobStore(BlobStore):
         self._spool_names.close()
 
     def get(self, namespace: Namespace, key: str) -> bytes:
-        try:
-            return self._path(namespace, key).read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise BlobNotFound(f"no object {namespace}/{key}") from None
+        return self.get_head(namespace, key, -1)
 
     def get_head(self, namespace: Namespace, key: str, size: int) -> bytes:
+        """The first `size` bytes; -1: all of them (`get`)."""
         try:
             with self._path(namespace, key).open("rb") as handle:
                 return handle.read(size)
