@@ -3,7 +3,13 @@
 from pathlib import Path
 
 from dicomflow.kernel.settings import Settings
-from dicomflow.roles import _ingest_children, _processor_children, selected_processor_names
+from dicomflow.roles import (
+    _ingest_children,
+    _processor_children,
+    background_processors,
+    build_runners,
+    selected_processor_names,
+)
 
 
 def _layout(tmp_path: Path, **values: object) -> list[tuple[str, int]]:
@@ -48,3 +54,21 @@ def test_receivers_share_the_port_when_several_and_take_the_ingest_niceness(
     assert layout() == [("ingest", False, 10)]
     assert layout(ingest_nice=0) == [("ingest", False, 0)]
     assert layout(dicom_workers=2, ingest_nice=4) == [("ingest", True, 4)] * 2
+
+
+def test_only_the_background_processors_hold_back_while_objects_arrive(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, plugins="-")
+    deferred = {
+        runner.processor.name: runner.deferral is not None
+        for runner in build_runners(settings, defer_background=True)
+    }
+    assert deferred == {"storage": False, "index": False, "metadata": False, "deidentify": True}
+    assert not any(r.deferral for r in build_runners(settings))  # drain, reindex: never
+    never = Settings(data_dir=tmp_path, plugins="-", background_defer_seconds=0)
+    assert not any(r.deferral for r in build_runners(never, defer_background=True))
+    one_process = Settings(data_dir=tmp_path, plugins="-", search_processors="")
+    assert not any(r.deferral for r in build_runners(one_process, defer_background=True))
+    assert background_processors(settings, ["storage", "deidentify", "routing"]) == [
+        "deidentify",
+        "routing",
+    ]

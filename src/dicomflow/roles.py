@@ -28,11 +28,13 @@ from typing import IO
 
 from rich.progress import Progress
 
+from dicomflow.kernel.activity import open_receive_activity
 from dicomflow.kernel.backends import open_blob_store, open_bus, open_spool
 from dicomflow.kernel.settings import Settings, get_settings
 from dicomflow.processors.base import ProcessorContext
 from dicomflow.processors.plugins import plugin_manager, processor_classes, select
 from dicomflow.processors.runtime import (
+    Deferral,
     ProcessorRunner,
     dead_letter_topic,
     group_name,
@@ -82,7 +84,9 @@ def run_ingest(settings: Settings, reuse_port: bool) -> None:
     trail = open_audit_trail(settings, bus)
     audit = DimseAudit(trail)
     guard = AccessGuard(policy, on_denied=audit.denied)
-    receiver = DurableReceiver(open_spool(settings), bus, settings.max_object_bytes)
+    receiver = DurableReceiver(
+        open_spool(settings), bus, settings.max_object_bytes, open_receive_activity(settings)
+    )
     query_retrieve = QueryRetrieveService(settings, guard=guard, audit=audit)
     server = start_scp(
         settings,
@@ -100,12 +104,17 @@ def run_ingest(settings: Settings, reuse_port: bool) -> None:
 
 
 def build_runners(
-    settings: Settings, only: str | None = None, group: str | None = None
+    settings: Settings,
+    only: str | None = None,
+    group: str | None = None,
+    defer_background: bool = False,
 ) -> list[ProcessorRunner]:
     """A runner per selected processor (DICOMFLOW_PROCESSORS, or just `only`).
 
     `group` replaces the consumer group of a single processor: a new group starts from the
-    earliest offset, which is how an index is rebuilt from the event log.
+    earliest offset, which is how an index is rebuilt from the event log. With
+    `defer_background`, the processors that are not on the search path hold back while this
+    machine's receivers take objects in (DICOMFLOW_BACKGROUND_DEFER_SECONDS).
     """
     classes = select(
         processor_classes(plugin_manager(settings.plugins)), only or settings.processors
@@ -114,6 +123,10 @@ def build_runners(
     context = ProcessorContext(
         settings=settings, bus=bus, blobs=open_blob_store(settings), spool=open_spool(settings)
     )
+    background = set(background_processors(settings, list(classes)))
+    deferral = None
+    if defer_background and background and settings.background_defer_seconds > 0:
+        deferral = Deferral(open_receive_activity(settings), settings.background_defer_seconds)
     runners = []
     producer = bus.producer()
     for name, cls in classes.items():
@@ -121,14 +134,20 @@ def build_runners(
             group or group_name(settings.topic_prefix, name), [bus.topic(t) for t in cls.topics]
         )
         runners.append(
-            ProcessorRunner(cls(context), consumer, producer, dead_letter_topic(bus.topic_prefix))
+            ProcessorRunner(
+                cls(context),
+                consumer,
+                producer,
+                dead_letter_topic(bus.topic_prefix),
+                deferral=deferral if name in background else None,
+            )
         )
     return runners
 
 
 def run_processors(settings: Settings, only: str | None = None, group: str | None = None) -> None:
     stop = _wait_for_stop()
-    runners = build_runners(settings, only, group)
+    runners = build_runners(settings, only, group, defer_background=True)
     threads = [
         threading.Thread(target=runner.run, name=f"processor-{runner.processor.name}")
         for runner in runners
@@ -243,20 +262,32 @@ def selected_processor_names(settings: Settings) -> list[str]:
     return list(select(processor_classes(plugin_manager(settings.plugins)), settings.processors))
 
 
-def _processor_children(settings: Settings, selected: list[str]) -> list[_Child]:
-    """The search path's processes (DICOMFLOW_SEARCH_PROCESSORS), then one lower-priority
-    process for every other selected processor."""
+def _search_path_groups(settings: Settings) -> list[list[str]]:
+    """DICOMFLOW_SEARCH_PROCESSORS: the processes of the search path, each its processors."""
     groups = [
         [name.strip() for name in group.split(",") if name.strip()]
         for group in settings.search_processors.split(";")
     ]
+    return [group for group in groups if group]
+
+
+def background_processors(settings: Settings, selected: list[str]) -> list[str]:
+    """The selected processors that are not on the search path (none if it is not set)."""
+    on_search_path = {name for group in _search_path_groups(settings) for name in group}
+    if not on_search_path:
+        return []
+    return [name for name in selected if name not in on_search_path]
+
+
+def _processor_children(settings: Settings, selected: list[str]) -> list[_Child]:
+    """The search path's processes (DICOMFLOW_SEARCH_PROCESSORS), then one lower-priority
+    process for every other selected processor."""
     children = []
-    for group in groups:
+    for group in _search_path_groups(settings):
         names = [name for name in group if name in selected]
         if names:
             children.append(_Child(f"processor:{','.join(names)}", False))
-    on_search_path = {name for group in groups for name in group}
-    background = [name for name in selected if name not in on_search_path]
+    background = background_processors(settings, selected)
     if background:
         children.append(
             _Child(f"processor:{','.join(background)}", False, nice=settings.background_nice)

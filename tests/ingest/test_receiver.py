@@ -2,6 +2,7 @@
 reported alone."""
 
 import errno
+import math
 import os
 import threading
 import time
@@ -15,6 +16,7 @@ from pydicom.dataset import Dataset
 
 from dicomflow.ingest.exceptions import ObjectTooLarge, StorageUnavailable
 from dicomflow.ingest.receiver import DurableReceiver, Incoming, identity_of_file_bytes
+from dicomflow.kernel.activity import ReceiveActivity
 from dicomflow.kernel.blobs import filesystem
 from dicomflow.kernel.blobs.base import BlobStore
 from dicomflow.kernel.blobs.filesystem import FilesystemBlobStore
@@ -265,3 +267,27 @@ def test_an_event_whose_spool_object_failed_is_dead_lettered_with_a_reason(
     with pytest.raises(PoisonEvent, match="spool object is corrupt"):
         storage.handle(records[2])
     assert len(storage.handle(records[0])) == 1  # the others are stored
+
+
+def test_every_receive_marks_the_activity_a_refusal_does_not(
+    parts: tuple[DurableReceiver, RecordingSpool, RecordingBus], tmp_path: Path
+) -> None:
+    receiver, _, bus = parts
+    path = tmp_path / "receiving"
+    receiver.activity = ReceiveActivity(path)
+    watcher = ReceiveActivity(path)
+    first, second = _items(2)
+    receiver.max_object_bytes = 10
+    with pytest.raises(ObjectTooLarge):
+        receiver.receive(first.data, first.identity, first.source)
+    assert receiver.receive_many([second]) and watcher.idle_seconds() == math.inf
+    bus.fail = True
+    receiver.max_object_bytes = 1_000_000
+    receiver.receive_many([second])
+    assert watcher.idle_seconds() == math.inf  # the event log refused: nothing was received
+    bus.fail = False
+    receiver.receive(first.data, first.identity, first.source)
+    assert watcher.idle_seconds() < 5
+    path.write_bytes(bytes(8))
+    receiver.receive_many([second])
+    assert watcher.idle_seconds() < 5

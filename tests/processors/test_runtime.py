@@ -1,12 +1,15 @@
 """The processor runtime: publish-then-commit, dead letters, retries on back-pressure."""
 
 import errno
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
+from dicomflow.kernel.activity import ReceiveActivity
 from dicomflow.kernel.blobs.filesystem import FilesystemBlobStore
 from dicomflow.kernel.bus.base import OutgoingRecord, Record
 from dicomflow.kernel.bus.embedded import EmbeddedBus
@@ -14,7 +17,7 @@ from dicomflow.kernel.events import DeadLetter, Namespace, Topic, decode_event
 from dicomflow.kernel.exceptions import BackPressure
 from dicomflow.kernel.settings import Settings
 from dicomflow.processors.base import Processor, ProcessorContext
-from dicomflow.processors.runtime import ProcessorRunner, dead_letter_topic
+from dicomflow.processors.runtime import Deferral, ProcessorRunner, dead_letter_topic
 
 
 class Echo(Processor):
@@ -184,3 +187,76 @@ def test_a_batch_is_at_most_the_processors_batch_size(bus: EmbeddedBus, tmp_path
     assert runner.batch_size == Echo.batch_size == 100  # the runner of _runner was built for Echo
     runner.batch_size = 3
     assert [runner.step(timeout=1) for _ in range(4)] == [3, 3, 1, 0]
+
+
+def _deferred_runner(bus: EmbeddedBus, tmp_path: Path, max_delay: float) -> ProcessorRunner:
+    runner = _runner(bus, tmp_path)
+    activity = ReceiveActivity(tmp_path / "receiving")
+    runner.deferral = Deferral(activity, max_delay, quiet=0.5, check_every=0.01)
+    return runner
+
+
+def _forget_receives(tmp_path: Path) -> None:
+    (tmp_path / "receiving").write_bytes(bytes(8))
+
+
+def _keep_receiving(tmp_path: Path, seconds: float) -> threading.Thread:
+    def mark() -> None:
+        activity = ReceiveActivity(tmp_path / "receiving")
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            activity.mark()
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=mark, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize(
+    ("receiving_for", "max_delay", "waits_at_least"),
+    [
+        (0.3, 60.0, 0.3 + 0.5 - 0.1),  # objects stop: done once quiet for half a second
+        (3.0, 0.3, 0.2),  # objects keep coming: done once its event is max_delay old
+    ],
+)
+def test_a_background_runner_holds_its_batch_while_objects_arrive(
+    bus: EmbeddedBus, tmp_path: Path, receiving_for: float, max_delay: float, waits_at_least: float
+) -> None:
+    bus.producer().publish(bus.topic(Topic.RECEIVED), "study", b"x")
+    runner = _deferred_runner(bus, tmp_path, max_delay=max_delay)
+    receiving = _keep_receiving(tmp_path, receiving_for)
+    started = time.monotonic()
+    assert runner.step(timeout=1) == 1
+    assert waits_at_least <= time.monotonic() - started < 2.5
+    assert [r.value for r in bus.read(bus.topic(Topic.STORED))] == [b"x"]
+    assert runner.consumer.lag() == 0
+    receiving.join()
+
+
+def test_a_runner_stopped_while_holding_its_batch_commits_nothing(
+    bus: EmbeddedBus, tmp_path: Path
+) -> None:
+    bus.producer().publish(bus.topic(Topic.RECEIVED), "study", b"x")
+    runner = _deferred_runner(bus, tmp_path, max_delay=60)
+    ReceiveActivity(tmp_path / "receiving").mark()
+    threading.Timer(0.1, runner.stop).start()
+    assert runner.step(timeout=1) == 0
+    assert runner.consumer.lag() == 1 and bus.read(bus.topic(Topic.STORED)) == []
+    runner._stop.clear()
+    _forget_receives(tmp_path)  # nothing arrives any more: the batch is read again and done
+    assert runner.step(timeout=1) == 1
+    assert [r.value for r in bus.read(bus.topic(Topic.STORED))] == [b"x"]
+
+
+def test_without_receives_or_a_deferral_nothing_waits(bus: EmbeddedBus, tmp_path: Path) -> None:
+    producer = bus.producer()
+    producer.publish(bus.topic(Topic.RECEIVED), "study", b"x")
+    assert _deferred_runner(bus, tmp_path, max_delay=60).step(timeout=1) == 1
+    producer.publish(bus.topic(Topic.RECEIVED), "study", b"y")
+    ReceiveActivity(tmp_path / "receiving").mark()
+    runner = _runner(bus, tmp_path)  # the search path's runners have none
+    assert runner.deferral is None
+    started = time.monotonic()
+    assert runner.step(timeout=1) == 1
+    assert time.monotonic() - started < 0.4

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from dicomflow.indexer.base import StudyIndex
 from dicomflow.ingest.receiver import DurableReceiver
+from dicomflow.kernel.activity import open_receive_activity
 from dicomflow.kernel.audit import AuditTrail
 from dicomflow.kernel.backends import open_spool
 from dicomflow.kernel.blobs.base import BlobStore
@@ -30,7 +31,10 @@ class AppState:
         with self._lock:
             if self._receiver is None:
                 self._receiver = DurableReceiver(
-                    open_spool(self.settings), self.bus, self.settings.max_object_bytes
+                    open_spool(self.settings),
+                    self.bus,
+                    self.settings.max_object_bytes,
+                    open_receive_activity(self.settings),
                 )
             return self._receiver
 

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 
 from dicomflow.ingest.exceptions import IngestError
 from dicomflow.ingest.receiver import DurableReceiver, Incoming, identity_of_file_bytes
+from dicomflow.kernel.activity import open_receive_activity
 from dicomflow.kernel.backends import open_blob_store, open_bus, open_spool
 from dicomflow.kernel.blobs.base import BlobStore
 from dicomflow.kernel.blobs.filesystem import drop_file_pages
@@ -132,7 +133,9 @@ _worker = _Worker()
 
 def _init_worker(settings: Settings) -> None:
     bus = open_bus(settings)
-    _worker.receiver = DurableReceiver(open_spool(settings), bus, settings.max_object_bytes)
+    _worker.receiver = DurableReceiver(
+        open_spool(settings), bus, settings.max_object_bytes, open_receive_activity(settings)
+    )
     _worker.blobs = open_blob_store(settings)
 
 

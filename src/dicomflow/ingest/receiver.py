@@ -26,6 +26,7 @@ from dicomflow.ingest.exceptions import (
     ObjectTooLarge,
     StorageUnavailable,
 )
+from dicomflow.kernel.activity import ReceiveActivity
 from dicomflow.kernel.blobs.base import BlobStore, new_key
 from dicomflow.kernel.bus.base import EventBus, OutgoingRecord, Producer
 from dicomflow.kernel.events import (
@@ -325,6 +326,8 @@ class DurableReceiver:
     spool: BlobStore
     bus: EventBus
     max_object_bytes: int
+    # Marked at every receive: background processors on this machine hold back meanwhile.
+    activity: ReceiveActivity | None = None
 
     def __post_init__(self) -> None:
         self._producer: Producer = self.bus.producer()
@@ -367,6 +370,8 @@ class DurableReceiver:
         except BackendUnavailable as exc:
             self.spool.delete(Namespace.SPOOL, ref.key)
             raise StorageUnavailable(f"the event bus did not confirm the object: {exc}") from exc
+        if self.activity is not None:
+            self.activity.mark()
         return event
 
     def receive_many(self, items: Sequence[Incoming]) -> list[ObjectReceived | IngestError]:
@@ -411,6 +416,8 @@ class DurableReceiver:
             return results
         try:
             self._producer.publish_many(records)
+            if self.activity is not None:
+                self.activity.mark()
         except BackendUnavailable as exc:
             failure = f"the event bus did not confirm the object: {exc}"
             for index, key in announced:
@@ -425,3 +432,5 @@ class DurableReceiver:
         """Close the producer and the spool (its names prepared in advance are removed)."""
         self._producer.close()
         self.spool.close()
+        if self.activity is not None:
+            self.activity.close()

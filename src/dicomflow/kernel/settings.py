@@ -246,6 +246,15 @@ class Settings(BaseSettings):
         description="Niceness added to the process of the processors that are not on the "
         "search path (DICOMFLOW_SEARCH_PROCESSORS).",
     )
+    background_defer_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="At most how long the processors that are not on the search path "
+        "(DICOMFLOW_SEARCH_PROCESSORS) hold back while this machine's receivers take objects "
+        "in (C-STORE, STOW-RS, import): a burst gets the cores, and they catch up once it "
+        "has been quiet for half a second, or once their oldest event is this many seconds "
+        "old. 0: they never hold back.",
+    )
     ingest_nice: int = Field(
         10,
         ge=0,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge
 
+from dicomflow.kernel.activity import ReceiveActivity
 from dicomflow.kernel.bus.base import Consumer, EventBus, OutgoingRecord, Producer, Record
 from dicomflow.kernel.events import DeadLetter, Topic, encode_event
 from dicomflow.kernel.exceptions import BackendUnavailable, BackPressure
@@ -31,6 +32,11 @@ RETRIES = Counter(
     "dicomflow_processor_retries_total", "Batches retried after a transient failure", ["processor"]
 )
 LAG = Gauge("dicomflow_processor_lag", "Records not yet committed by the group", ["processor"])
+DEFERRED = Counter(
+    "dicomflow_processor_deferred_seconds_total",
+    "Time a background processor held a batch back while objects were arriving",
+    ["processor"],
+)
 
 _MAX_BACKOFF = 30.0
 
@@ -62,6 +68,29 @@ def pipeline_lag(bus: EventBus, topic_prefix: str, classes: Mapping[str, type[Pr
     )
 
 
+@dataclass(frozen=True)
+class Deferral:
+    """When a background processor holds a batch back: while this machine's receivers take
+    objects in, until their last receive is `quiet` seconds ago or the batch's oldest event
+    is `max_delay` seconds old.
+
+    On two cores the pipeline works while objects arrive; what is not on the search path
+    (de-identification, plugins) need not compete with the acknowledgements of a burst. The
+    bound keeps it from waiting forever under sustained load: it then runs `max_delay`
+    behind, as it would have at its lower priority.
+    """
+
+    activity: ReceiveActivity
+    max_delay: float
+    quiet: float = 0.5
+    check_every: float = 0.1
+
+    def may_run(self, oldest: float) -> bool:
+        if self.activity.idle_seconds() >= self.quiet:
+            return True
+        return time.time() - oldest >= self.max_delay
+
+
 class ProcessorRunner:
     """One processor's consume-process-publish-commit loop, run in a thread."""
 
@@ -72,6 +101,7 @@ class ProcessorRunner:
         producer: Producer,
         dead_letter_topic: str,
         batch_size: int | None = None,
+        deferral: Deferral | None = None,
     ) -> None:
         self.processor = processor
         self.consumer = consumer
@@ -82,6 +112,7 @@ class ProcessorRunner:
         # fraction of a second (a batch of 500 CT objects held each one ~5 s in the metadata
         # processor of a busy machine).
         self.batch_size = batch_size or processor.batch_size
+        self.deferral = deferral
         self.state = RunnerState(processor.name)
         self._stop = threading.Event()
         self._backoff = 0.0
@@ -126,6 +157,9 @@ class ProcessorRunner:
         if not records:
             self._update_lag()
             return 0
+        if self.deferral is not None and not self._wait_for_quiet(records):
+            self._needs_seek = True  # stopped while waiting: nothing of the batch was done
+            return 0
         try:
             # One durability point for the blobs of the whole batch, before anything announces
             # them (the publish below).
@@ -149,6 +183,21 @@ class ProcessorRunner:
             DEAD_LETTERED.labels(self.processor.name).inc(len(result.failed))
         self._update_lag()
         return len(records)
+
+    def _wait_for_quiet(self, records: Sequence[Record]) -> bool:
+        """Hold the batch back as the deferral says; False if the runner stopped meanwhile."""
+        assert self.deferral is not None
+        oldest = min(record.timestamp for record in records)
+        if self.deferral.may_run(oldest):
+            return True
+        started = time.monotonic()
+        try:
+            while not self.deferral.may_run(oldest):
+                if self._stop.wait(self.deferral.check_every):
+                    return False
+            return True
+        finally:
+            DEFERRED.labels(self.processor.name).inc(time.monotonic() - started)
 
     def _handle(self, records: Sequence[Record]) -> BatchResult:
         try:
