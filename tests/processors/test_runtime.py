@@ -201,9 +201,11 @@ def _forget_receives(tmp_path: Path) -> None:
 
 
 def _keep_receiving(tmp_path: Path, seconds: float) -> threading.Thread:
+    activity = ReceiveActivity(tmp_path / "receiving")
+    activity.mark()  # before the runner looks, however late the thread starts
+    end = time.monotonic() + seconds
+
     def mark() -> None:
-        activity = ReceiveActivity(tmp_path / "receiving")
-        end = time.monotonic() + seconds
         while time.monotonic() < end:
             activity.mark()
             time.sleep(0.02)

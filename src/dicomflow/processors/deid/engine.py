@@ -58,6 +58,7 @@ from dicomflow.processors.deid.pseudonyms import (
     patient_pseudonym_name,
     pseudonymous_uid,
 )
+from dicomflow.processors.deid.writer import encode_part10
 
 logger = logging.getLogger(__name__)
 
@@ -180,8 +181,7 @@ def deidentify_bytes(data: bytes, options: DeidentifyOptions) -> DeidentifiedIns
             )
     try:
         deidentify_in_place(ds, options)
-        buffer = io.BytesIO()
-        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+        data = encode_part10(ds)
     except DeidentificationError:
         raise
     except Exception as exc:  # malformed content surfaces lazily, element by element
@@ -189,7 +189,7 @@ def deidentify_bytes(data: bytes, options: DeidentifyOptions) -> DeidentifiedIns
             f"the object could not be de-identified ({type(exc).__name__}: {exc})"
         ) from exc
     return DeidentifiedInstance(
-        data=buffer.getvalue(),
+        data=data,
         study_instance_uid=str(ds.StudyInstanceUID),
         series_instance_uid=str(ds.SeriesInstanceUID),
         sop_instance_uid=str(ds.SOPInstanceUID),
