@@ -890,3 +890,13 @@ def test_processor_is_registered_through_the_plugin_hook() -> None:
     assert registered == [DeidentifyProcessor]
     assert DeidentifyProcessor.name == "deidentify"
     assert DeidentifyProcessor.topics == (Topic.STORED,)
+
+
+def test_the_original_preamble_is_not_copied(make_rich_instance: RichInstanceFactory) -> None:
+    original = make_rich_instance()
+    original.preamble = b"II*\x00" + b"DOE^JANE MRN-123456".ljust(124, b"\x00")
+    buffer = io.BytesIO()
+    original.save_as(buffer, enforce_file_format=True)
+    assert buffer.getvalue()[:4] == b"II*\x00"
+    result = deidentify_bytes(buffer.getvalue(), OPTIONS)
+    assert result.data[:132] == bytes(128) + b"DICM"

@@ -476,6 +476,9 @@ def _values(elem: DataElement | None) -> list[object]:
 
 
 def _clean_file_meta(ds: Dataset) -> None:
+    # The 128-byte preamble is the application's (PS3.10 7.1): a dual-format file keeps a
+    # TIFF header there, another writer anything at all. The copy gets zeros.
+    ds.preamble = None
     meta = getattr(ds, "file_meta", None)
     if meta is None:
         return
