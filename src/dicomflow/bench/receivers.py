@@ -13,7 +13,6 @@ import http.client
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -414,6 +413,7 @@ class StorescpServer(Receiver):
         self.tool = storescp
         self.ae_title = "STORESCP"
         self.out = work / "received"
+        self._runs = 0
 
     def start(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -425,7 +425,10 @@ class StorescpServer(Receiver):
         return sum(1 for entry in os.scandir(self.out) if entry.is_file())
 
     def after_run(self) -> None:
-        shutil.rmtree(self.out, ignore_errors=True)
+        # Set aside, not deleted: a deletion would slow the next run's file creates, whoever
+        # runs next (see runner.FILE_SYSTEM_SETTLE_S); the phase deletes its folder at its end.
+        self._runs += 1
+        self.out.rename(self.work / f"received-{self._runs}")
         self.out.mkdir(parents=True, exist_ok=True)
 
 

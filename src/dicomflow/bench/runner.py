@@ -14,6 +14,7 @@
 """
 
 import json
+import math
 import os
 import random
 import resource
@@ -74,6 +75,16 @@ ORTHANC_MAX_INSTANCES = 100_000
 QUERY_KINDS = ("PatientID", "PatientName prefix", "StudyDate", "AccessionNumber")
 
 
+FILE_SYSTEM_SETTLE_S = 31.0
+"""How long after deleting scratch data the bench starts no measurement.
+
+A deletion slows the file creates that follow on some file systems: ext4 without a journal
+(this project's test machines) skips every inode freed in the last 30 s when it allocates one,
+and a create took 400 us instead of 40 us for that time. Every receiver creates a file per
+object, so whichever ran next paid for the deletion of the one before.
+"""
+
+
 def sync_disks() -> None:
     os.sync()
 
@@ -85,6 +96,7 @@ class Bench:
         self.work = options.work or Path(tempfile.mkdtemp(prefix="dicomflow-bench-"))
         self.work.mkdir(parents=True, exist_ok=True)
         self.run_tag = secrets.randbelow(10**8)
+        self._deleted_at = -math.inf
         self.tools: dict[str, Tool | None] = {
             "storescu": find_dcmtk("storescu"),
             "storescp": find_dcmtk("storescp"),
@@ -117,6 +129,18 @@ class Bench:
         self._generated = 0
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def delete(self, path: Path) -> None:
+        """Delete scratch data; the next measurement waits for the file system to settle."""
+        shutil.rmtree(path, ignore_errors=True)
+        self._deleted_at = time.monotonic()
+
+    def settle_file_system(self) -> None:
+        """Wait until `FILE_SYSTEM_SETTLE_S` have passed since the last deletion."""
+        wait = self._deleted_at + FILE_SYSTEM_SETTLE_S - time.monotonic()
+        if wait > 0:
+            self.say(f"  waiting {wait:.0f} s: scratch data was deleted (file creates are slower)")
+            time.sleep(wait)
 
     def say(self, message: str) -> None:
         self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {message}")
@@ -223,6 +247,7 @@ class Bench:
                 self._generated += n
                 sets[(assoc, nodelay, r)] = folders
             sync_disks()
+            self.settle_file_system()
             receivers = self.receivers_for(work)
             with ExitStack() as stack:
                 for receiver in receivers:
@@ -250,7 +275,7 @@ class Bench:
                             + f" steal {run['machine'].get('steal', 0):.0%}"
                             + ("" if run["ok"] else f" [red]LOST {n - run['stored']}[/]")
                         )
-            shutil.rmtree(work, ignore_errors=True)
+            self.delete(work)
         self.results["ingest"]["summary"] = summarize_ingest(runs)
 
     def _ingest_run(
@@ -318,6 +343,7 @@ class Bench:
         write_flat(template, self.run_tag, folders, flat_identities(400, self._generated))
         self._generated += 400
         sync_disks()
+        self.settle_file_system()
         server = DicomflowServer(work / "dicomflow", opts.overrides, self.roles)
         with server, self.memory_of("searchable", server):
             self._ingest_run(server, storescu, folders[:1], 100, True, template)  # warm-up
@@ -367,7 +393,7 @@ class Bench:
                 "instance, polling the oldest 16 incomplete series in rounds"
             ),
         }
-        shutil.rmtree(work, ignore_errors=True)
+        self.delete(work)
 
     # -- phases 3 and 4: import, then query --------------------------------------------------
 
@@ -410,6 +436,7 @@ class Bench:
                     tree_identities(studies_done, studies, SERIES_PER_STUDY, INSTANCES_PER_SERIES),
                 )
                 sync_disks()
+                self.settle_file_system()
                 with self.memory_of(
                     f"import {level['instances']:,}",
                     server,
@@ -431,7 +458,7 @@ class Bench:
                 if orthanc is not None:
                     level["orthanc_fill"] = self._fill_orthanc(orthanc, tree, files, template.size)
                     self.say(f"  Orthanc fill (storescu x4): {level['orthanc_fill']['rate']:.0f}/s")
-                shutil.rmtree(tree, ignore_errors=True)
+                self.delete(tree)
                 studies_done += studies
                 if query:
                     with self.memory_of(f"query {level['instances']:,}", server):
@@ -441,7 +468,7 @@ class Bench:
                         level["ui"] = self._ui(server, studies_done, size)
                 level["rss_after"] = self.current_rss(server)
                 levels.append(level)
-        shutil.rmtree(work, ignore_errors=True)
+        self.delete(work)
 
     def _import(
         self,
