@@ -9,7 +9,7 @@ import pytest
 from dicomflow.kernel.blobs import filesystem
 from dicomflow.kernel.blobs.filesystem import FilesystemBlobStore
 from dicomflow.kernel.events import BlobRef, Namespace
-from dicomflow.kernel.exceptions import BackendUnavailable
+from dicomflow.kernel.exceptions import BackendUnavailable, BlobNotFound
 from tests.pagecache import require_droppable_pages, resident_pages
 
 
@@ -279,3 +279,16 @@ def test_a_batch_drops_the_checksum_files_it_wrote_but_keeps_linked_objects(
     assert path is not None
     assert resident_pages(path) > 0
     assert resident_pages(path.with_name(path.name + ".sha256")) == 0
+
+
+@pytest.mark.parametrize("key", ["../../etc/passwd", "a/../../../x", "../../blobs-2/x"])
+def test_a_key_that_escapes_the_store_is_refused_even_past_check_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    monkeypatch.setattr(filesystem, "check_key", lambda key: key)  # as if it had a bug
+    with pytest.raises(BlobNotFound, match="outside the blob store"):
+        store.get(Namespace.ORIGINAL, key)
+    assert store._path(Namespace.ORIGINAL, "1.2/3.4/5.6.dcm") == (
+        tmp_path / "blobs" / "original" / "1.2" / "3.4" / "5.6.dcm"
+    )

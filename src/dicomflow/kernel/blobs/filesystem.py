@@ -439,6 +439,8 @@ class FilesystemBlobStore(BlobStore):
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._root_text = str(self.root)
+        self._root_prefix = os.path.join(self._root_text, "")
         self._spool_names = _NamePool(self.root / Namespace.SPOOL.value)
         # Cleared at the first refusal: this file system keeps checksums in side files.
         self._attributes = hasattr(os, "setxattr")
@@ -448,10 +450,13 @@ class FilesystemBlobStore(BlobStore):
         # Lexical, not Path.resolve(): resolving stats every component of the path (a tenth of
         # the storage processor's time); check_key already allows no "." or ".." segment, so
         # the normalised path is the path, and the check below guards against a bug there.
-        path = Path(os.path.normpath(self.root / Namespace(namespace).value / check_key(key)))
-        if not path.is_relative_to(self.root):  # defence in depth behind check_key
+        # On strings: the same with pathlib's operators took 29 us, called 3-4 times per object.
+        path = os.path.normpath(
+            os.path.join(self._root_text, Namespace(namespace).value, check_key(key))
+        )
+        if not path.startswith(self._root_prefix):  # defence in depth behind check_key
             raise BlobNotFound(f"{key!r} is outside the blob store")
-        return path
+        return Path(path)
 
     def put(self, namespace: Namespace, key: str, data: bytes) -> BlobRef:
         path = self._path(namespace, key)
