@@ -77,6 +77,7 @@ from dicomflow.ingest.scp import ServiceExtension
 from dicomflow.kernel.audit import AuditAction
 from dicomflow.kernel.backends import open_blob_store
 from dicomflow.kernel.blobs.base import BlobStore
+from dicomflow.kernel.elements import element_header
 from dicomflow.kernel.events import Namespace
 from dicomflow.kernel.exceptions import BackendUnavailable
 from dicomflow.kernel.settings import Settings
@@ -491,33 +492,19 @@ def encode_answer(answer: dict[str, Any], codec: str, little_endian: bool) -> Da
 
 
 # VRs with a 4-byte value length in explicit VR (PS3.5 7.1.2)
-_LONG_LENGTH_VRS = frozenset(
-    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
-)
-
-
 def _write_elements(
     elements: list[tuple[int, str, bytes]], implicit_vr: bool, little_endian: bool
 ) -> bytes | None:
     """Raw elements written as pydicom writes them (in tag order), or None if one is too long
     for its VR's length field (pydicom decides what to do then)."""
-    order = "<" if little_endian else ">"
-    implicit, short, long = (
-        struct.Struct(order + "HHI"),
-        struct.Struct(order + "HH2sH"),
-        struct.Struct(order + "HH2s2xI"),
-    )
     out: list[bytes] = []
     for tag, vr, data in sorted(elements, key=lambda element: element[0]):
-        group, number = tag >> 16, tag & 0xFFFF
-        if implicit_vr:
-            out.append(implicit.pack(group, number, len(data)))
-        elif vr in _LONG_LENGTH_VRS:
-            out.append(long.pack(group, number, vr.encode(), len(data)))
-        elif len(data) <= 0xFFFF:
-            out.append(short.pack(group, number, vr.encode(), len(data)))
-        else:
+        header = element_header(
+            tag, vr, len(data), implicit=implicit_vr, little_endian=little_endian
+        )
+        if header is None:
             return None
+        out.append(header)
         out.append(data)
     return b"".join(out)
 

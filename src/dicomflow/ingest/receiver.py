@@ -29,6 +29,7 @@ from dicomflow.ingest.exceptions import (
 from dicomflow.kernel.activity import ReceiveActivity
 from dicomflow.kernel.blobs.base import BlobStore, new_key
 from dicomflow.kernel.bus.base import EventBus, OutgoingRecord, Producer
+from dicomflow.kernel.elements import LONG_LENGTH_VRS, element_header
 from dicomflow.kernel.events import (
     BlobRef,
     InstanceIdentity,
@@ -88,9 +89,7 @@ _UID_TAGS = {
     0x0020000D: "StudyInstanceUID",
     0x0020000E: "SeriesInstanceUID",
 }
-_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
+_LONG_VRS = frozenset(vr.encode("ascii") for vr in LONG_LENGTH_VRS)
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _MAX_DEPTH = 16
@@ -211,11 +210,10 @@ def _identity_from(values: dict[str, str], transfer_syntax_uid: str) -> Instance
     return InstanceIdentity(**fields)
 
 
-def _element(group_element: int, vr: bytes, value: bytes) -> bytes:
-    tag = _TAG.pack(group_element >> 16, group_element & 0xFFFF)
-    if vr in _LONG_VRS:
-        return tag + vr + b"\0\0" + _U32.pack(len(value)) + value
-    return tag + vr + _U16.pack(len(value)) + value
+def _element(group_element: int, vr: str, value: bytes) -> bytes:
+    header = element_header(group_element, vr, len(value), implicit=False)
+    assert header is not None  # file meta values are short
+    return header + value
 
 
 def _padded(value: str, pad: bytes) -> bytes:
@@ -239,15 +237,15 @@ def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_u
     implementation_uid, implementation_version = _implementation()
     body = b"".join(
         (
-            _element(0x00020001, b"OB", b"\0\1"),
-            _element(0x00020002, b"UI", _padded(sop_class_uid, b"\0")),
-            _element(0x00020003, b"UI", _padded(sop_instance_uid, b"\0")),
-            _element(0x00020010, b"UI", _padded(transfer_syntax_uid, b"\0")),
-            _element(0x00020012, b"UI", _padded(implementation_uid, b"\0")),
-            _element(0x00020013, b"SH", _padded(implementation_version, b" ")),
+            _element(0x00020001, "OB", b"\0\1"),
+            _element(0x00020002, "UI", _padded(sop_class_uid, b"\0")),
+            _element(0x00020003, "UI", _padded(sop_instance_uid, b"\0")),
+            _element(0x00020010, "UI", _padded(transfer_syntax_uid, b"\0")),
+            _element(0x00020012, "UI", _padded(implementation_uid, b"\0")),
+            _element(0x00020013, "SH", _padded(implementation_version, b" ")),
         )
     )
-    return b"\0" * 128 + b"DICM" + _element(0x00020000, b"UL", _U32.pack(len(body))) + body
+    return b"\0" * 128 + b"DICM" + _element(0x00020000, "UL", _U32.pack(len(body))) + body
 
 
 def _file_meta_end(data: bytes) -> tuple[int, str] | None:

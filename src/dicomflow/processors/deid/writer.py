@@ -14,7 +14,6 @@ file of pydicom's test data.
 """
 
 import io
-import struct
 
 import pydicom
 from pydicom.charset import default_encoding
@@ -23,10 +22,11 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.uid import UID
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
+from pydicom.valuerep import VR
+
+from dicomflow.kernel.elements import element_header
 
 _UNDEFINED = 0xFFFFFFFF
-_LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
 _PIXEL_DATA = 0x7FE00010
 # Written by pydicom's `write_string` (`write_UI`, and `write_DA`/`write_TM`/`write_DT` for a
 # value that is a string): the text in the default encoding, padded to an even length.
@@ -93,17 +93,10 @@ def _plain_value(element: DataElement | RawDataElement) -> bytes | None:
 def _header(element: DataElement | RawDataElement, value: bytes, implicit: bool) -> bytes | None:
     """The tag, VR and length of an element whose value is `value`; None when pydicom's
     writer must handle it."""
-    group, number = element.tag >> 16, element.tag & 0xFFFF
-    if implicit:
-        return struct.pack("<HHL", group, number, len(value))
     vr = element.VR
-    if vr is None or len(vr) != 2:
-        return None
-    if vr in _LONG_VRS:
-        return struct.pack("<HH2sHL", group, number, vr.encode("ascii"), 0, len(value))
-    if len(value) > 0xFFFF:
-        return None  # pydicom writes it as UN, with a warning
-    return struct.pack("<HH2sH", group, number, vr.encode("ascii"), len(value))
+    if not implicit and (vr is None or len(vr) != 2):
+        return None  # an ambiguous VR: pydicom's writer refuses it, with its own message
+    return element_header(element.tag, vr or "", len(value), implicit=implicit)
 
 
 def _plain_syntax(ds: Dataset) -> UID | None:
