@@ -74,7 +74,7 @@ def run_ingest(settings: Settings, reuse_port: bool) -> None:
     from dicomflow.api.dimse import QueryRetrieveService
     from dicomflow.ingest.access import AccessGuard, AccessPolicy
     from dicomflow.ingest.audit import DimseAudit
-    from dicomflow.ingest.receiver import DurableReceiver
+    from dicomflow.ingest.receiver import open_receiver
     from dicomflow.ingest.scp import start_scp
     from dicomflow.kernel.audit import open_audit_trail
 
@@ -84,9 +84,7 @@ def run_ingest(settings: Settings, reuse_port: bool) -> None:
     trail = open_audit_trail(settings, bus)
     audit = DimseAudit(trail)
     guard = AccessGuard(policy, on_denied=audit.denied)
-    receiver = DurableReceiver(
-        open_spool(settings), bus, settings.max_object_bytes, open_receive_activity(settings)
-    )
+    receiver = open_receiver(settings, bus)
     query_retrieve = QueryRetrieveService(settings, guard=guard, audit=audit)
     server = start_scp(
         settings,

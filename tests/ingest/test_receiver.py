@@ -15,7 +15,12 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicomflow.ingest.exceptions import ObjectTooLarge, StorageUnavailable
-from dicomflow.ingest.receiver import DurableReceiver, Incoming, identity_of_file_bytes
+from dicomflow.ingest.receiver import (
+    DurableReceiver,
+    Incoming,
+    identity_of_file_bytes,
+    open_receiver,
+)
 from dicomflow.kernel.activity import ReceiveActivity
 from dicomflow.kernel.blobs import filesystem
 from dicomflow.kernel.blobs.base import BlobStore
@@ -291,3 +296,15 @@ def test_every_receive_marks_the_activity_a_refusal_does_not(
     path.write_bytes(bytes(8))
     receiver.receive_many([second])
     assert watcher.idle_seconds() < 5
+
+
+def test_the_configured_receiver_marks_this_data_directory(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", max_object_bytes=1_000_000)
+    bus = EmbeddedBus(settings.data_dir / "events")
+    receiver = open_receiver(settings, bus)
+    item = _items(1)[0]
+    receiver.receive(item.data, item.identity, item.source)
+    assert ReceiveActivity(settings.data_dir / "receiving").idle_seconds() < 5
+    assert receiver.spool.get_verified(_received(bus)[0].blob) == item.data
+    receiver.close()
+    bus.close()

@@ -7,10 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from dicomflow.indexer.base import StudyIndex
-from dicomflow.ingest.receiver import DurableReceiver
-from dicomflow.kernel.activity import open_receive_activity
+from dicomflow.ingest.receiver import DurableReceiver, open_receiver
 from dicomflow.kernel.audit import AuditTrail
-from dicomflow.kernel.backends import open_spool
 from dicomflow.kernel.blobs.base import BlobStore
 from dicomflow.kernel.bus.base import EventBus
 from dicomflow.kernel.settings import Settings
@@ -30,12 +28,7 @@ class AppState:
         """The durable receive path for STOW-RS, opened on first use."""
         with self._lock:
             if self._receiver is None:
-                self._receiver = DurableReceiver(
-                    open_spool(self.settings),
-                    self.bus,
-                    self.settings.max_object_bytes,
-                    open_receive_activity(self.settings),
-                )
+                self._receiver = open_receiver(self.settings, self.bus)
             return self._receiver
 
 

@@ -20,9 +20,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from dicomflow.ingest.exceptions import IngestError
-from dicomflow.ingest.receiver import DurableReceiver, Incoming, identity_of_file_bytes
-from dicomflow.kernel.activity import open_receive_activity
-from dicomflow.kernel.backends import open_blob_store, open_bus, open_spool
+from dicomflow.ingest.receiver import (
+    DurableReceiver,
+    Incoming,
+    identity_of_file_bytes,
+    open_receiver,
+)
+from dicomflow.kernel.backends import open_blob_store, open_bus
 from dicomflow.kernel.blobs.base import BlobStore
 from dicomflow.kernel.blobs.filesystem import drop_file_pages
 from dicomflow.kernel.events import Namespace, Source, SourceKind
@@ -133,9 +137,7 @@ _worker = _Worker()
 
 def _init_worker(settings: Settings) -> None:
     bus = open_bus(settings)
-    _worker.receiver = DurableReceiver(
-        open_spool(settings), bus, settings.max_object_bytes, open_receive_activity(settings)
-    )
+    _worker.receiver = open_receiver(settings, bus)
     _worker.blobs = open_blob_store(settings)
 
 

@@ -26,7 +26,8 @@ from dicomflow.ingest.exceptions import (
     ObjectTooLarge,
     StorageUnavailable,
 )
-from dicomflow.kernel.activity import ReceiveActivity
+from dicomflow.kernel.activity import ReceiveActivity, open_receive_activity
+from dicomflow.kernel.backends import open_spool
 from dicomflow.kernel.blobs.base import BlobStore, new_key
 from dicomflow.kernel.bus.base import EventBus, OutgoingRecord, Producer
 from dicomflow.kernel.elements import LONG_LENGTH_VRS, element_header
@@ -40,6 +41,7 @@ from dicomflow.kernel.events import (
     encode_event,
 )
 from dicomflow.kernel.exceptions import BackendUnavailable, InvalidUID
+from dicomflow.kernel.settings import Settings
 from dicomflow.kernel.uids import validate_uid
 
 if TYPE_CHECKING:  # pydicom is imported where it is used: `dicomflow import` starts without it
@@ -432,3 +434,11 @@ class DurableReceiver:
         self.spool.close()
         if self.activity is not None:
             self.activity.close()
+
+
+def open_receiver(settings: Settings, bus: EventBus) -> DurableReceiver:
+    """The receive path of C-STORE, STOW-RS and import: the configured spool and size limit,
+    and this machine's receive mark (background processors hold back while it moves)."""
+    return DurableReceiver(
+        open_spool(settings), bus, settings.max_object_bytes, open_receive_activity(settings)
+    )
