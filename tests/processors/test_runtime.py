@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from prometheus_client import REGISTRY
 
 from dicomflow.kernel.activity import ReceiveActivity
 from dicomflow.kernel.blobs.filesystem import FilesystemBlobStore
@@ -196,6 +197,11 @@ def _deferred_runner(bus: EmbeddedBus, tmp_path: Path, max_delay: float) -> Proc
     return runner
 
 
+def _deferred_seconds() -> float:
+    labels = {"processor": "echo"}
+    return REGISTRY.get_sample_value("dicomflow_processor_deferred_seconds_total", labels) or 0.0
+
+
 def _forget_receives(tmp_path: Path) -> None:
     (tmp_path / "receiving").write_bytes(bytes(8))
 
@@ -227,10 +233,12 @@ def test_a_background_runner_holds_its_batch_while_objects_arrive(
 ) -> None:
     bus.producer().publish(bus.topic(Topic.RECEIVED), "study", b"x")
     runner = _deferred_runner(bus, tmp_path, max_delay=max_delay)
+    deferred = _deferred_seconds()
     receiving = _keep_receiving(tmp_path, receiving_for)
     started = time.monotonic()
     assert runner.step(timeout=1) == 1
     assert waits_at_least <= time.monotonic() - started < 2.5
+    assert _deferred_seconds() - deferred >= waits_at_least - 0.05  # the metric counts it
     assert [r.value for r in bus.read(bus.topic(Topic.STORED))] == [b"x"]
     assert runner.consumer.lag() == 0
     receiving.join()

@@ -1,12 +1,14 @@
 """Encoding a de-identified dataset as a Part 10 object: the bytes `pydicom.dcmwrite` writes
-(with ``enforce_file_format=True``), in a fraction of its time.
+(with ``enforce_file_format=True``), in about 60% of its time (1.1-1.7 ms against 1.6-2.7 ms
+for a bench object, docs/performance.md change 35).
 
 Most attributes of a de-identified object are kept as they came (`engine._left_as_is`) and are
 still undecoded `RawDataElement`s. pydicom's writer handles each element through a fresh
-buffer, a dozen property lookups and, for the file meta, a deep copy: for a 50-element CT
-header that was 2-2.5 ms of the 4 ms a de-identification took. Here an undecoded element of
-defined length goes out as its header and its value bytes; every other element (changed,
-decoded, sequences, undefined lengths) goes through pydicom's own `write_data_element`. What
+buffer, a dozen property lookups and, for the file meta, a deep copy: for a 48-element bench
+object that was 1.6-2.7 ms of the 3-4 ms a de-identification took. Here an undecoded element of
+defined length goes out as its header and its value bytes, and a single ASCII-type string as
+pydicom's `write_string` makes it; every other element (sequences, person names, numbers,
+undefined lengths) goes through pydicom's own `write_data_element`. What
 this does not handle exactly as pydicom would (big endian, deflate, private transfer
 syntaxes, a changed character set or encoding, elements that do not belong in a dataset) is
 written by `pydicom.dcmwrite` itself. Both give the same bytes: tests compare them on every
