@@ -1,6 +1,7 @@
 """`DurableReceiver.receive_many`: spool durable before the events, events in order, bad items
 reported alone."""
 
+import dataclasses
 import errno
 import math
 import os
@@ -28,9 +29,11 @@ from dicomflow.kernel.blobs.filesystem import FilesystemBlobStore
 from dicomflow.kernel.bus.base import EventBus, OutgoingRecord, Producer
 from dicomflow.kernel.bus.embedded import EmbeddedBus
 from dicomflow.kernel.events import (
+    SPOOL_BOOT_HEADER,
     BlobRef,
     Namespace,
     ObjectReceived,
+    ObjectStored,
     Source,
     SourceKind,
     Topic,
@@ -272,6 +275,61 @@ def test_an_event_whose_spool_object_failed_is_dead_lettered_with_a_reason(
     with pytest.raises(PoisonEvent, match="spool object is corrupt"):
         storage.handle(records[2])
     assert len(storage.handle(records[0])) == 1  # the others are stored
+
+
+def test_in_the_same_boot_storage_links_the_spool_copy_without_reading_it(
+    parts: tuple[DurableReceiver, RecordingSpool, RecordingBus],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Both receive paths stamp their records with the boot that wrote the spool copy whole;
+    the storage processor of that boot links it unread, its recorded checksum intact."""
+    receiver, spool, bus = parts
+    one, two = _items(2)
+    receiver.receive(one.data, one.identity, one.source)
+    receiver.receive_many([two])
+    records = bus.read(bus.topic(Topic.RECEIVED))
+    boot_id = filesystem.kernel_boot_id()
+    assert boot_id and [r.headers for r in records] == [{SPOOL_BOOT_HEADER: boot_id}] * 2
+    storage = _storage(spool, bus, tmp_path)
+
+    def no_reads(*args: object) -> bytes:
+        raise AssertionError("the spool copy was read")
+
+    monkeypatch.setattr(spool, "get_head", no_reads)
+    stored = [decode_event(storage.handle(r)[0].value, ObjectStored) for r in records]
+    assert [storage.context.blobs.get_verified(s.blob) for s in stored] == [one.data, two.data]
+    assert [storage.context.blobs.stat(Namespace.ORIGINAL, s.blob.key) for s in stored] == [
+        s.blob for s in stored
+    ]
+
+
+def test_after_a_crash_of_the_machine_storage_checks_every_spool_copy(
+    parts: tuple[DurableReceiver, RecordingSpool, RecordingBus],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A record from an earlier boot (or with no boot at all) may announce a copy that the
+    crash left with the right size and the wrong bytes: read and hashed, it is refused."""
+    receiver, spool, bus = parts
+    one, two = _items(2)
+    for item in (one, two):
+        receiver.receive(item.data, item.identity, item.source)
+    first, second = bus.read(bus.topic(Topic.RECEIVED))
+    for record in (first, second):
+        blob = decode_event(record.value, ObjectReceived).blob
+        path = spool.local_path(Namespace.SPOOL, blob.key)
+        assert path is not None
+        path.write_bytes(bytes(len(path.read_bytes())))  # unwritten blocks read as zeros
+    unstamped = dataclasses.replace(second, headers={})
+    monkeypatch.setattr(spool, "page_cache_boot_id", lambda: "another-boot")
+    rebooted = _storage(spool, bus, tmp_path)
+    for record in (first, unstamped):
+        with pytest.raises(PoisonEvent, match="spool object is corrupt"):
+            rebooted.handle(record)
+    monkeypatch.setattr(spool, "page_cache_boot_id", lambda: None)  # a store with no such ID
+    with pytest.raises(PoisonEvent, match="spool object is corrupt"):
+        _storage(spool, bus, tmp_path).handle(second)
 
 
 def test_every_receive_marks_the_activity_a_refusal_does_not(

@@ -145,6 +145,26 @@ def test_put_from_copies_a_verified_object_of_another_store(
     assert store.stat(Namespace.ORIGINAL, "s/t/y.dcm") is None
 
 
+def test_put_from_unverified_copies_a_whole_object_and_refuses_a_wrong_size(
+    store: BlobStore, tmp_path: Path
+) -> None:
+    """`verify=False`: the caller vouches for the content; absence and size still count."""
+    spool = FilesystemBlobStore(tmp_path / "spool")
+    ref = spool.put(Namespace.SPOOL, "incoming/x.dcm", b"DICM" * 300)
+    stored = store.put_from(Namespace.ORIGINAL, "s/t/x.dcm", spool, ref, verify=False)
+    assert stored.sha256 == ref.sha256 and stored.size == ref.size
+    spool.delete(Namespace.SPOOL, "incoming/x.dcm")
+    assert store.get_verified(stored) == b"DICM" * 300
+    assert store.stat(Namespace.ORIGINAL, "s/t/x.dcm") == stored
+    with pytest.raises(BlobNotFound):
+        store.put_from(Namespace.ORIGINAL, "s/t/z.dcm", spool, ref, verify=False)
+    short = spool.put(Namespace.SPOOL, "incoming/y.dcm", b"original")
+    (spool.root / "spool" / "incoming" / "y.dcm").write_bytes(b"cut")
+    with pytest.raises(ChecksumMismatch):
+        store.put_from(Namespace.ORIGINAL, "s/t/y.dcm", spool, short, verify=False)
+    assert store.stat(Namespace.ORIGINAL, "s/t/y.dcm") is None
+
+
 def test_objects_put_in_a_batch_are_there_when_it_ends(store: BlobStore, tmp_path: Path) -> None:
     spool = FilesystemBlobStore(tmp_path / "spool")
     ref = spool.put(Namespace.SPOOL, "in/a.dcm", b"linked")

@@ -32,6 +32,7 @@ from dicomflow.kernel.blobs.base import BlobStore, new_key
 from dicomflow.kernel.bus.base import EventBus, OutgoingRecord, Producer
 from dicomflow.kernel.elements import LONG_LENGTH_VRS, element_header
 from dicomflow.kernel.events import (
+    SPOOL_BOOT_HEADER,
     BlobRef,
     InstanceIdentity,
     Namespace,
@@ -332,6 +333,10 @@ class DurableReceiver:
     def __post_init__(self) -> None:
         self._producer: Producer = self.bus.producer()
         self._topic = self.bus.topic(Topic.RECEIVED)
+        # Every spool write below completes before its record is appended: in this boot the
+        # storage processor may link the object without reading it back (SPOOL_BOOT_HEADER).
+        boot_id = self.spool.page_cache_boot_id()
+        self._headers = {SPOOL_BOOT_HEADER: boot_id} if boot_id else {}
 
     def _check_size(self, data: bytes) -> None:
         if len(data) > self.max_object_bytes:
@@ -354,7 +359,9 @@ class DurableReceiver:
 
         def announce(ref: BlobRef) -> None:
             event = ObjectReceived(identity=identity, blob=ref, source=source, received_at=now)
-            record = OutgoingRecord(self._topic, identity.study_instance_uid, encode_event(event))
+            record = OutgoingRecord(
+                self._topic, identity.study_instance_uid, encode_event(event), self._headers
+            )
             announced.append((event, self._producer.begin_publish([record])))
 
         try:
@@ -408,7 +415,12 @@ class DurableReceiver:
                 identity=item.identity, blob=ref, source=item.source, received_at=now
             )
             records.append(
-                OutgoingRecord(self._topic, item.identity.study_instance_uid, encode_event(event))
+                OutgoingRecord(
+                    self._topic,
+                    item.identity.study_instance_uid,
+                    encode_event(event),
+                    self._headers,
+                )
             )
             results[index] = event
             announced.append((index, key))

@@ -37,6 +37,13 @@ class Topic(StrEnum):
     AUDIT = "audit"
 
 
+SPOOL_BOOT_HEADER = "dicomflow-spool-boot"
+"""Header of a ``received`` record: the boot ID under which its spool object was written whole
+before the record was appended (`BlobStore.page_cache_boot_id`). A storage processor in that
+same boot links the object without reading it back to check its SHA-256; any other reader (a
+record from before a crash of the machine, a record without the header) checks it."""
+
+
 class Namespace(StrEnum):
     """Where an object lives: the spool, the originals, or the de-identified copies."""
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from dicomflow.kernel.bus.base import OutgoingRecord, Record
 from dicomflow.kernel.events import (
+    SPOOL_BOOT_HEADER,
     BlobRef,
     Namespace,
     ObjectReceived,
@@ -21,7 +22,7 @@ from dicomflow.kernel.events import (
 )
 from dicomflow.kernel.exceptions import BlobNotFound, ChecksumMismatch, InvalidUID
 from dicomflow.kernel.uids import instance_key
-from dicomflow.processors.base import Processor
+from dicomflow.processors.base import Processor, ProcessorContext
 from dicomflow.processors.exceptions import PoisonEvent
 from dicomflow.processors.hookspecs import hookimpl
 
@@ -32,7 +33,11 @@ class StorageProcessor(Processor):
     name = "storage"
     topics = (Topic.RECEIVED,)
     description = "Stores each received original in the blob store, keyed by its UIDs."
-    batch_size = 64  # a verified read, a link and a checksum file each
+    batch_size = 64  # a link and its checksum attribute each, one sync for all
+
+    def __init__(self, context: ProcessorContext) -> None:
+        super().__init__(context)
+        self._boot_id = context.spool.page_cache_boot_id()
 
     def handle(self, record: Record) -> list[OutgoingRecord]:
         try:
@@ -48,7 +53,9 @@ class StorageProcessor(Processor):
             )
         except InvalidUID as exc:
             raise PoisonEvent(str(exc)) from exc
-        stored = self._store(event, key)
+        # Written whole before its record, in this boot: the spool copy needs no re-read.
+        whole = self._boot_id is not None and record.headers.get(SPOOL_BOOT_HEADER) == self._boot_id
+        stored = self._store(event, key, verify=not whole)
         if stored is None:
             return []
         out = ObjectStored(
@@ -63,11 +70,11 @@ class StorageProcessor(Processor):
             )
         ]
 
-    def _store(self, event: ObjectReceived, key: str) -> BlobRef | None:
+    def _store(self, event: ObjectReceived, key: str, verify: bool) -> BlobRef | None:
         try:
             # On one file system this links the spool's durable copy instead of writing it again.
             return self.context.blobs.put_from(
-                Namespace.ORIGINAL, key, self.context.spool, event.blob
+                Namespace.ORIGINAL, key, self.context.spool, event.blob, verify=verify
             )
         except BlobNotFound:
             # Re-delivery after the spool copy was freed: the original is already stored.

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomflow.kernel.events import BlobRef, Namespace
-from dicomflow.kernel.exceptions import KernelError
+from dicomflow.kernel.exceptions import ChecksumMismatch, KernelError
 
 _KEY_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DICOM_CONTENT_TYPE = "application/dicom"
@@ -60,14 +60,41 @@ class BlobStore(ABC):
         """Store `data`; when this returns the object is durable. Overwrites (idempotent)."""
 
     def put_from(
-        self, namespace: Namespace, key: str, source: "BlobStore", ref: BlobRef
+        self,
+        namespace: Namespace,
+        key: str,
+        source: "BlobStore",
+        ref: BlobRef,
+        *,
+        verify: bool = True,
     ) -> BlobRef:
         """Store a copy of `ref`, an object of `source`, checked against its SHA-256 first.
 
         Raises BlobNotFound or ChecksumMismatch for the source object. A store that shares a
         file system with the source may link the object instead of writing it again.
+        `verify=False` is for a caller that knows the source object to be whole (see
+        `page_cache_boot_id`): it is not hashed, only its size is checked.
         """
-        return self.put(namespace, key, source.get_verified(ref))
+        if verify:
+            return self.put(namespace, key, source.get_verified(ref))
+        data = source.get(ref.namespace, ref.key)
+        if len(data) != ref.size:
+            raise ChecksumMismatch(
+                f"{ref.namespace}/{ref.key}: {len(data)} bytes, not the {ref.size} announced"
+            )
+        return self.put(namespace, key, data)
+
+    def page_cache_boot_id(self) -> str | None:
+        """The boot of the kernel whose page cache holds this store's writes, if it has one.
+
+        A store of local files returns the kernel's boot ID: an object whose write had
+        returned reads back whole for as long as that kernel runs, fsync'd or not, and only a
+        crash of the machine (a new boot ID) can lose what was not yet synced. A writer that
+        records this ID with its announcement of an object (the receiver, in its event's
+        headers) lets a reader in the same boot skip re-reading the object to check it.
+        None (the default, and for remote stores): no such promise.
+        """
+        return None
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -165,8 +192,6 @@ class BlobStore(ABC):
 
     def get_verified(self, ref: BlobRef) -> bytes:
         """The bytes of `ref`, checked against its SHA-256; raises ChecksumMismatch."""
-        from dicomflow.kernel.exceptions import ChecksumMismatch
-
         data = self.get(ref.namespace, ref.key)
         if sha256_of(data) != ref.sha256:
             raise ChecksumMismatch(
