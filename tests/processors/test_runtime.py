@@ -27,7 +27,7 @@ class Echo(Processor):
     pressure_left = 0
 
     def handle(self, record: Record) -> list[OutgoingRecord]:
-        if record.value == b"poison":
+        if record.value.startswith(b"poison"):
             raise ValueError("cannot digest poison")
         if Echo.pressure_left > 0:
             Echo.pressure_left -= 1
@@ -51,12 +51,13 @@ def _runner(bus: EmbeddedBus, tmp_path: Path) -> ProcessorRunner:
     return ProcessorRunner(Echo(context), consumer, bus.producer(), dead_letter_topic("dicomflow"))
 
 
+@pytest.mark.parametrize("poison", [b"poison", b"poison\xff\xfe\x00 not UTF-8"])
 def test_poison_goes_to_dead_letters_and_the_stream_moves_on(
-    bus: EmbeddedBus, tmp_path: Path
+    bus: EmbeddedBus, tmp_path: Path, poison: bytes
 ) -> None:
     topic = bus.topic(Topic.RECEIVED)
     producer = bus.producer()
-    for value in (b"a", b"poison", b"b"):
+    for value in (b"a", poison, b"b"):
         producer.publish(topic, "study", value)
     runner = _runner(bus, tmp_path)
     assert runner.step(timeout=1) == 3
@@ -65,7 +66,7 @@ def test_poison_goes_to_dead_letters_and_the_stream_moves_on(
     assert len(letters) == 1
     letter = decode_event(letters[0].value, DeadLetter)
     assert letter.reason == "cannot digest poison"
-    assert letter.payload == b"poison" and letter.group == "echo" and letter.offset == 1
+    assert letter.payload == poison and letter.group == "echo" and letter.offset == 1
     assert runner.consumer.lag() == 0
 
 

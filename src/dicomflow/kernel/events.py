@@ -16,12 +16,13 @@ Large objects never travel inside events (claim check): the event carries a `Blo
 bytes, with their size and SHA-256.
 """
 
+import base64
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -148,8 +149,18 @@ class MetadataExtracted(EventModel):
 
 
 class DeadLetter(EventModel):
-    """An event that a processor could not handle, with the reason. Key: the original key."""
+    """An event that a processor could not handle, with the reason. Key: the original key.
 
+    Schema version 2: `payload` is base64 in JSON, so that any record can be dead-lettered
+    (version 1 wrote it as text, and a payload that was not UTF-8 could not be written at all:
+    the stream stopped at it). Version 1 letters are still read.
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="ignore", ser_json_bytes="base64", val_json_bytes="base64"
+    )
+
+    schema_version: int = 2
     type: Literal["dead.letter"] = "dead.letter"
     group: str
     topic: str
@@ -160,6 +171,19 @@ class DeadLetter(EventModel):
     error_type: str
     reason: str
     failed_at: datetime = Field(default_factory=_now)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _payload_as_text(cls, data: Any) -> Any:
+        """A version 1 letter's payload is its text: as base64 for the validation above."""
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get("payload"), str)
+            and data.get("schema_version", 1) == 1
+        ):
+            encoded = base64.urlsafe_b64encode(data["payload"].encode()).decode()
+            return {**data, "payload": encoded}
+        return data
 
 
 EVENT_TYPES: dict[str, type[EventModel]] = {
