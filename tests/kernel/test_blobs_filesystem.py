@@ -83,6 +83,25 @@ def test_linking_the_same_object_again_leaves_no_temporary_name(
     assert _attribute(folder / "x.dcm") == ref.sha256
 
 
+def test_a_later_copy_is_linked_over_the_earlier_one(
+    stores: tuple[FilesystemBlobStore, FilesystemBlobStore], attributes: None
+) -> None:
+    """The same instance sent again with other bytes: its name now links the later copy, and
+    the earlier layout's side file of the name is gone."""
+    spool, blobs = stores
+    earlier = blobs.put_from(
+        Namespace.ORIGINAL, "a/b/x.dcm", spool, spool.put(Namespace.SPOOL, "in/1.dcm", b"one")
+    )
+    folder = blobs.root / "original" / "a" / "b"
+    (folder / "x.dcm.sha256").write_text(earlier.sha256)
+    later = blobs.put_from(
+        Namespace.ORIGINAL, "a/b/x.dcm", spool, spool.put(Namespace.SPOOL, "in/2.dcm", b"two")
+    )
+    assert sorted(p.name for p in folder.iterdir()) == ["x.dcm"]
+    assert blobs.get_verified(later) == b"two" and _attribute(folder / "x.dcm") == later.sha256
+    assert blobs.stat(Namespace.ORIGINAL, "a/b/x.dcm") == later
+
+
 def test_the_checksum_is_an_attribute_of_the_file_not_a_file(
     tmp_path: Path, attributes: None
 ) -> None:

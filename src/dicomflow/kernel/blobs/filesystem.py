@@ -166,7 +166,24 @@ def sync_files(root: Path, files: Sequence[Path]) -> None:
 
 def _link(source: Path, path: Path) -> bool:
     """Atomically replace `path` with a hard link to `source`; False if links cannot be made."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # A new name (nearly every object) is one link(2): its folder made only when missing,
+    # no temporary name, rename and failed unlink; 5 system calls fewer per stored object.
+    try:
+        os.link(source, path)
+        return True
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _link_anew(source, path)
+    except FileExistsError:
+        return _link_anew(source, path)
+    except OSError as exc:
+        if exc.errno in _CANNOT_LINK:
+            return False
+        raise
+
+
+def _link_anew(source: Path, path: Path) -> bool:
+    """`_link` through a temporary name: replaces an existing `path` atomically."""
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
     try:
         os.link(source, tmp)
@@ -518,11 +535,7 @@ class FilesystemBlobStore(BlobStore):
         with self._disk_full_is_transient():
             if linkable and record_checksum is not None:
                 # On the source's file, before the link: the name shows with its checksum.
-                fd = os.open(source_path, os.O_RDONLY)
-                try:
-                    record_checksum(fd)
-                finally:
-                    os.close(fd)
+                record_checksum(source_path)
             if not (linkable and _link(source_path, path)):
                 if data is None:
                     data = source.get(ref.namespace, ref.key)
@@ -553,22 +566,23 @@ class FilesystemBlobStore(BlobStore):
 
     def _checksum_writer(
         self, namespace: Namespace, path: Path, digest: str
-    ) -> Callable[[int], None] | None:
+    ) -> Callable[[int | Path], None] | None:
         """What records `digest` for the object about to be named `path` (None in the spool).
 
-        Called with the descriptor of the file that will bear the name, before the name
-        appears: it sets the file's checksum attribute, or, where the file system has none,
-        writes the side file first (a crash between the two then leaves an absent object with
-        a stale side file, never an object whose recorded checksum is missing).
+        Called with the descriptor (or the current path) of the file that will bear the name,
+        before the name appears: it sets the file's checksum attribute, or, where the file
+        system has none, writes the side file first (a crash between the two then leaves an
+        absent object with a stale side file, never an object whose recorded checksum is
+        missing).
         """
         if Namespace(namespace) is Namespace.SPOOL:
             return None
         side_file = path.with_name(path.name + _SUM_SUFFIX)
 
-        def record(fd: int) -> None:
+        def record(file: int | Path) -> None:
             if self._attributes:
                 try:
-                    os.setxattr(fd, _SUM_ATTRIBUTE, digest.encode())
+                    os.setxattr(file, _SUM_ATTRIBUTE, digest.encode())
                 except OSError as exc:
                     if exc.errno not in _NO_ATTRIBUTES:
                         raise
@@ -710,6 +724,10 @@ class FilesystemBlobStore(BlobStore):
 
     def delete(self, namespace: Namespace, key: str) -> None:
         path = self._path(namespace, key)
+        if Namespace(namespace) is Namespace.SPOOL:  # no side files there (`_checksum_writer`)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return
         for victim in (path, path.with_name(path.name + _SUM_SUFFIX)):
             with contextlib.suppress(FileNotFoundError):
                 victim.unlink()
