@@ -1,8 +1,12 @@
 """The contract every EventBus implementation passes (embedded log; Kafka in integration)."""
 
 import threading
+import uuid
+
+import pytest
 
 from dicomflow.kernel.bus.base import OutgoingRecord
+from tests.conftest import service_setting
 from tests.kernel.conftest import BusFactory
 
 
@@ -111,3 +115,29 @@ def test_begin_publish_is_done_once_the_records_are_durable(bus_factory: BusFact
     )
     assert pending.result(timeout=30) is None
     assert [r.value for r in bus.read(topic)] == [b"v0", b"v1", b"v2"]
+
+
+@pytest.mark.integration
+def test_a_foreign_record_of_any_bytes_is_delivered_to_be_dead_lettered() -> None:
+    """Any Kafka client may write to a topic. A key or header that is not UTF-8 is delivered
+    escaped, so that the processor dead-letters the record; it does not fail every poll."""
+    from confluent_kafka import Producer as ForeignProducer
+
+    from dicomflow.kernel.bus.kafka import KafkaBus
+
+    bootstrap = service_setting("DICOMFLOW_KAFKA_BOOTSTRAP")
+    bus = KafkaBus(bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:8]}", partitions=1)
+    try:
+        topic = bus.topic("received")
+        bus.producer().publish_many([OutgoingRecord(topic, "k", b"ours")])  # makes the topic
+        foreign = ForeignProducer({"bootstrap.servers": bootstrap})
+        foreign.produce(topic, key=b"\xff\xfek", value=b"\x00\xff", headers=[("h", b"\xfe")])
+        foreign.produce(topic, key=None, value=b"after", headers=[("none", None)])
+        assert foreign.flush(30) == 0
+        consumer = bus.consumer(f"{bus.topic_prefix}.g", [topic])
+        records = _drain(consumer, 3)
+        assert [r.value for r in records] == [b"ours", b"\x00\xff", b"after"]
+        assert records[1].key == "\\xff\\xfek" and records[1].headers == {"h": "\\xfe"}
+        assert records[2].key is None and records[2].headers == {"none": ""}
+    finally:
+        bus.close()

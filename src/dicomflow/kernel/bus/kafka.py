@@ -28,10 +28,16 @@ _SINGLE_PARTITION_TOPICS = ("deadletter", "audit")
 _OFFSET_BEGINNING = confluent_kafka.OFFSET_BEGINNING
 
 
+def _text(raw: bytes) -> str:
+    # Any client may write to a topic: bytes that are not UTF-8 are escaped, not an error,
+    # which would fail every poll of the partition instead of dead-lettering one record.
+    return raw.decode(errors="backslashreplace")
+
+
 def _headers(raw: Any) -> dict[str, str]:
     if not raw:
         return {}
-    return {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in raw}
+    return {k: _text(v) if isinstance(v, bytes) else ("" if v is None else str(v)) for k, v in raw}
 
 
 def _to_record(message: Any) -> Record:
@@ -41,7 +47,7 @@ def _to_record(message: Any) -> Record:
         topic=message.topic(),
         partition=message.partition(),
         offset=message.offset(),
-        key=key.decode() if isinstance(key, bytes) else key,
+        key=_text(key) if isinstance(key, bytes) else key,
         value=message.value() or b"",
         timestamp=timestamp / 1000.0 if timestamp_type else time.time(),
         headers=_headers(message.headers()),
