@@ -523,13 +523,9 @@ class FilesystemBlobStore(BlobStore):
                 f"not the {ref.size} announced"
             )
         linkable = source_status.st_dev == self._device
-        # Unverified and linked, the object is never read here: a CT object's 0.5 MB read and
-        # hash were a fifth of the storage processor's time (docs/performance.md, change 38).
-        data = (
-            source.get_verified(ref)
-            if verify
-            else (None if linkable else source.get(ref.namespace, ref.key))
-        )
+        # Unverified, the object is read only if it must be copied: a CT object's 0.5 MB read
+        # and hash were a fifth of the storage processor's time (performance.md, change 38).
+        data = source.get_verified(ref) if verify else None
         path = self._path(namespace, key)
         record_checksum = self._checksum_writer(namespace, path, ref.sha256)
         with self._disk_full_is_transient():
