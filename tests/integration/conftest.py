@@ -134,7 +134,8 @@ class ScaleOut:
             ):
                 return status
             time.sleep(0.5)
-        raise AssertionError(f"pipeline did not catch up: {status}")
+        logs = "\n".join(f"--- {name}.log\n{self.log(name)}" for name in self.processes)
+        raise AssertionError(f"pipeline did not catch up: {status}\n{logs}")
 
 
 def _port_open(port: int) -> bool:

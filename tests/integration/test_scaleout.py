@@ -176,6 +176,9 @@ def _outage_trees(folder: Path) -> tuple[list[Path], list[Path]]:
     return ongoing, during
 
 
+# The outage, the catch-up and wait_idle's own limit fit in the timeout, so that a pipeline that
+# does not catch up fails with wait_idle's diagnosis (status, the roles' logs), not a bare timeout.
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("service", ["elasticsearch", "s3"])
 def test_an_outage_loses_nothing_and_the_pipeline_catches_up(
     scaleout: ScaleOut, tmp_path: Path, service: str
@@ -204,6 +207,7 @@ def _store(port: int, ds: Dataset) -> int:
     return status
 
 
+@pytest.mark.timeout(600)
 def test_kafka_down_means_a_failure_status_never_a_false_success(
     scaleout: ScaleOut, tmp_path: Path
 ) -> None:

@@ -141,3 +141,50 @@ def test_a_foreign_record_of_any_bytes_is_delivered_to_be_dead_lettered() -> Non
         assert records[2].key is None and records[2].headers == {"none": ""}
     finally:
         bus.close()
+
+
+@pytest.mark.integration
+def test_going_back_to_the_commit_keeps_every_partition_when_seek_cannot() -> None:
+    """After a broker outage a processor goes back to its last commit while its partitions are
+    assigned but not fetched, where Kafka's seek fails (`_STATE`, "Erroneous state"). It must
+    still read all of them: the fallback once re-assigned one partition alone and left the
+    others unread, a pipeline that never caught up."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from dicomflow.kernel.bus.kafka import KafkaBus, KafkaConsumer
+
+    bus = KafkaBus(
+        service_setting("DICOMFLOW_KAFKA_BOOTSTRAP"),
+        topic_prefix=f"t{uuid.uuid4().hex[:8]}",
+        partitions=4,
+    )
+    try:
+        topic = bus.topic("received")
+        bus.producer().publish_many(
+            [OutgoingRecord(topic, f"study{i}", str(i).encode()) for i in range(40)]
+        )
+        consumer = bus.consumer(f"{bus.topic_prefix}.g", [topic])
+        assert isinstance(consumer, KafkaConsumer)
+        first = _drain(consumer, 40)
+        assert {r.partition for r in first} == {0, 1, 2, 3}
+        consumer.commit([r for r in first if r.partition == 0])
+        real = consumer._consumer
+
+        class NotFetching:
+            """The real consumer, whose seek fails as it does in that state (the window is
+            milliseconds on a healthy broker, too short to hit on purpose)."""
+
+            def seek(self, partition: object) -> None:
+                raise KafkaException(KafkaError(KafkaError._STATE, "Erroneous state"))
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(real, name)
+
+        consumer._consumer = NotFetching()
+        consumer.seek_to_committed()
+        consumer._consumer = real
+        assert sorted(tp.partition for tp in real.assignment()) == [0, 1, 2, 3]
+        uncommitted = sorted(r.value for r in first if r.partition != 0)
+        assert sorted(r.value for r in _drain(consumer, len(uncommitted))) == uncommitted
+    finally:
+        bus.close()

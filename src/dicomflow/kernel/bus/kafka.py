@@ -9,6 +9,7 @@
   that they read in one order).
 """
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ try:
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise MissingExtra("confluent-kafka", "kafka") from exc
+
+log = logging.getLogger(__name__)
 
 _SINGLE_PARTITION_TOPICS = ("deadletter", "audit")
 _OFFSET_BEGINNING = confluent_kafka.OFFSET_BEGINNING
@@ -157,15 +160,24 @@ class KafkaConsumer(Consumer):
         if not assignment:
             return
         positions = assignment if beginning else self._consumer.committed(assignment, timeout=10)
-        for tp in positions:
-            target = TopicPartition(tp.topic, tp.partition, tp.offset)
-            if beginning or target.offset < 0:
-                target.offset = _OFFSET_BEGINNING
-            try:
+        targets = [
+            TopicPartition(
+                tp.topic,
+                tp.partition,
+                _OFFSET_BEGINNING if beginning or tp.offset < 0 else tp.offset,
+            )
+            for tp in positions
+        ]
+        try:
+            for target in targets:
                 self._consumer.seek(target)
-            except KafkaException:
-                # Not fetching yet: re-assign from the wanted position instead.
-                self._consumer.assign([target])
+        except KafkaException as exc:
+            # A partition that is not being fetched (after a broker outage, its group membership
+            # lost) cannot seek: assign them all from the wanted positions instead. assign()
+            # replaces the whole assignment, so it gets every partition, never one alone (which
+            # left the others unread until the next rebalance).
+            log.warning("Kafka seek failed (%s): re-assigning %d partitions", exc, len(targets))
+            self._consumer.assign(targets)
 
     def seek_to_committed(self) -> None:
         try:
