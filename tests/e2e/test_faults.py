@@ -56,6 +56,9 @@ def wait_for_restart(
     raise AssertionError(f"{role} was not restarted:\n{server.log_path.read_text()[-3000:]}")
 
 
+# Room for wait_idle(timeout=300) after the sending: a pipeline that does not catch up fails with
+# its status, not a bare pytest timeout.
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("role", ["ingest", "processors", "api"])
 def test_kill_9_of_a_child_during_ingest_loses_nothing(
     server: Server, tmp_path: Path, role: str
@@ -111,6 +114,7 @@ def fill(folder: Path, leave: int) -> Path:
     return ballast
 
 
+@pytest.mark.timeout(600)
 def test_a_full_disk_refuses_with_out_of_resources_and_recovers(
     small_disk: Path, tmp_path: Path
 ) -> None:
