@@ -311,3 +311,18 @@ def test_a_key_that_escapes_the_store_is_refused_even_past_check_key(
     assert store._path(Namespace.ORIGINAL, "1.2/3.4/5.6.dcm") == (
         tmp_path / "blobs" / "original" / "1.2" / "3.4" / "5.6.dcm"
     )
+
+
+@pytest.mark.parametrize(
+    ("release", "reports"),
+    [
+        ("6.18.44-fc-v595", True),
+        ("5.8.0", True),
+        ("5.10.0-23-amd64", True),
+        ("5.7.19", False),
+        ("4.18.0-477.el8.x86_64", False),  # RHEL 8: fsync per file, not syncfs
+        ("garbage", False),
+    ],
+)
+def test_syncfs_is_used_only_where_it_reports_write_errors(release: str, reports: bool) -> None:
+    assert filesystem.reports_writeback_errors(release) is reports

@@ -1,6 +1,7 @@
 """The filesystem spool: `put_many` (the order of its syncs, failures per item) and `put_new`
 (names prepared in advance)."""
 
+import ctypes
 import errno
 import os
 import stat
@@ -24,9 +25,63 @@ def _files(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
-def test_each_file_is_fsynced_before_its_rename_and_each_folder_once_after(
+def test_objects_are_created_in_place_and_made_durable_by_one_syncfs_after_the_last_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    if filesystem._SYNCFS is None:
+        pytest.skip("no syncfs here (not Linux)")
+    trace: list[tuple[str, str]] = []
+    real_open, real_write, real_syncfs = os.open, os.write, filesystem._SYNCFS
+
+    def opened(path: Any, flags: int, *args: Any) -> int:
+        fd = real_open(path, flags, *args)
+        trace.append(("open", str(path)))
+        return fd
+
+    def write(fd: int, data: Any) -> int:
+        trace.append(("write", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_write(fd, data)
+
+    def syncfs(fd: int) -> int:
+        trace.append(("syncfs", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_syncfs(fd)
+
+    def no_sync(*args: Any) -> None:
+        raise AssertionError("a syncfs makes everything durable: no fsync, no folder fsync")
+
+    def no_rename(*args: Any) -> None:
+        raise AssertionError("the objects are written at their names: no rename")
+
+    monkeypatch.setattr(filesystem.os, "open", opened)
+    monkeypatch.setattr(filesystem.os, "write", write)
+    monkeypatch.setattr(filesystem, "_SYNCFS", syncfs)
+    monkeypatch.setattr(filesystem.os, "fsync", no_sync)
+    monkeypatch.setattr(filesystem, "fsync_dir", no_sync)
+    monkeypatch.setattr(filesystem.os, "replace", no_rename)
+
+    results = store.put_many(Namespace.SPOOL, ITEMS)
+
+    spool = store.root / "spool"
+    syncs = [i for i, (op, _) in enumerate(trace) if op == "syncfs"]
+    assert len(syncs) == 1  # one for the whole call, not one per object or folder
+    writes = [i for i, (op, _) in enumerate(trace) if op == "write"]
+    assert {trace[i][1] for i in writes} == {str(spool / key) for key, _ in ITEMS}
+    assert writes[-1] < syncs[0]  # every byte written before the sync
+    # The descriptor synced was opened before the first write: syncfs reports the writeback
+    # errors since its open.
+    assert trace.index(("open", str(spool))) < writes[0]
+    assert trace[syncs[0]][1] == str(spool)
+    assert _files(spool) == sorted(key for key, _ in ITEMS)
+    for (key, data), ref in zip(ITEMS, results, strict=True):
+        assert isinstance(ref, BlobRef) and ref.key == key
+        assert store.get_verified(ref) == data
+
+
+def test_without_syncfs_each_file_is_fsynced_before_its_rename_and_each_folder_once_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(filesystem, "_SYNCFS", None)
     store = FilesystemBlobStore(tmp_path / "blobs")
     trace: list[tuple[str, str]] = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -80,8 +135,12 @@ def _failing_for_object_3(real: Callable[..., Any], error: int) -> Callable[...,
 
 
 @pytest.mark.parametrize(
-    ("call", "error", "reported"),
-    [("write", errno.ENOSPC, BackendUnavailable), ("fsync", errno.EIO, OSError)],
+    ("call", "error", "reported", "with_syncfs"),
+    [
+        ("write", errno.ENOSPC, BackendUnavailable, True),
+        ("write", errno.ENOSPC, BackendUnavailable, False),
+        ("fsync", errno.EIO, OSError, False),
+    ],
 )
 def test_a_failed_write_or_fsync_fails_its_item_alone_and_leaves_nothing_of_it(
     tmp_path: Path,
@@ -89,7 +148,12 @@ def test_a_failed_write_or_fsync_fails_its_item_alone_and_leaves_nothing_of_it(
     call: str,
     error: int,
     reported: type[Exception],
+    with_syncfs: bool,
 ) -> None:
+    if with_syncfs and filesystem._SYNCFS is None:
+        pytest.skip("no syncfs here (not Linux)")
+    if not with_syncfs:
+        monkeypatch.setattr(filesystem, "_SYNCFS", None)
     store = FilesystemBlobStore(tmp_path / "blobs")
     monkeypatch.setattr(filesystem.os, call, _failing_for_object_3(getattr(os, call), error))
     results = store.put_many(Namespace.SPOOL, ITEMS)
@@ -102,9 +166,27 @@ def test_a_failed_write_or_fsync_fails_its_item_alone_and_leaves_nothing_of_it(
     )  # no temporary file left either
 
 
-def test_a_failed_folder_fsync_reports_no_object_durable_and_removes_them(
+def test_a_failed_syncfs_reports_no_object_durable_and_removes_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if filesystem._SYNCFS is None:
+        pytest.skip("no syncfs here (not Linux)")
+    store = FilesystemBlobStore(tmp_path / "blobs")
+
+    def syncfs(fd: int) -> int:
+        ctypes.set_errno(errno.EIO)
+        return -1
+
+    monkeypatch.setattr(filesystem, "_SYNCFS", syncfs)
+    results = store.put_many(Namespace.SPOOL, ITEMS)
+    assert all(isinstance(r, OSError) and r.errno == errno.EIO for r in results)
+    assert _files(store.root / "spool") == []
+
+
+def test_without_syncfs_a_failed_folder_fsync_reports_no_object_durable_and_removes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(filesystem, "_SYNCFS", None)
     store = FilesystemBlobStore(tmp_path / "blobs")
 
     def fsync_dir(path: Path) -> None:

@@ -10,8 +10,9 @@ into place, and the block's end makes them all durable at once with one `syncfs`
 system (Linux; elsewhere a fsync per file and per folder). A processor batch of N objects then
 costs one journal commit instead of 4N fsyncs. `put_from` a filesystem store on the same file
 system (the spool) hard-links the already-durable object instead of writing it again.
-`put_many` in the spool (bulk import) writes and fsyncs each object the same way but renames
-them all before one fsync per folder, instead of one per object.
+`put_many` in the spool (bulk import) creates each object at its final name (spool keys are
+generated, so no reader or other writer knows the name yet) and makes them all durable with one
+`syncfs`; nothing announces them before it returns.
 
 The SHA-256 is kept with the file, in its extended attribute ``user.dicomflow.sha256``, so that
 `stat` needs no full read. It is set on the file before its name appears (on the temporary file
@@ -61,8 +62,21 @@ _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _CANNOT_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
+def reports_writeback_errors(release: str) -> bool:
+    """Whether a Linux kernel's syncfs(2) reports writeback errors (5.8 and later).
+
+    Before 5.8 it returned 0 even when the file system failed to write a file's data, so a
+    sync that relied on it could call lost bytes durable: those kernels get fsync per file.
+    """
+    try:
+        major, minor = (int(part) for part in release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (5, 8)
+
+
 def _load_syncfs() -> Callable[[int], int] | None:
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or not reports_writeback_errors(os.uname().release):
         return None
     try:
         function = ctypes.CDLL(None, use_errno=True).syncfs
@@ -373,6 +387,58 @@ def write_many_durably(items: Sequence[tuple[Path, bytes]]) -> list[OSError | No
     return errors
 
 
+def create_many_durably(root: Path, items: Sequence[tuple[Path, bytes]]) -> list[OSError | None]:
+    """Create new files at their final names under `root`, made durable by one `syncfs`.
+
+    For names that no one else writes (the spool's generated keys): each file is created
+    with ``O_EXCL`` where it belongs and written, and one `syncfs` of `root`'s file system
+    then makes the bytes and the names (new folders too) durable together: no temporary
+    name, rename, per-file fsync or folder fsync. One result per item, as
+    `write_many_durably`; a name is only reported durable after the `syncfs` returned
+    without error, and nothing of a failed item is left. A crash before that leaves files that
+    no event refers to (nothing announces an object before this returns). Without `syncfs`
+    (not Linux): `write_many_durably`.
+    """
+    if _SYNCFS is None:
+        return write_many_durably(items)
+    errors: list[OSError | None] = [None] * len(items)
+    written: list[int] = []
+    root.mkdir(parents=True, exist_ok=True)  # made durable by the syncfs, as the files are
+    # Opened before the writes: syncfs reports the file system's writeback errors since this
+    # descriptor was opened (Linux 5.8+), so an error during the writes is not missed.
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        present: set[Path] = set()  # folders known to exist
+        for position, (path, data) in enumerate(items):
+            created = False
+            try:
+                if path.parent not in present:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    present.add(path.parent)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                created = True
+                try:
+                    _write_all(fd, data)
+                finally:
+                    os.close(fd)
+                written.append(position)
+            except OSError as exc:
+                errors[position] = exc
+                if created:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+        if written and _SYNCFS(root_fd) != 0:
+            code = ctypes.get_errno()
+            failure = OSError(code, os.strerror(code))
+            for position in written:  # which of them reached the disk is unknown: none did
+                errors[position] = failure
+                with contextlib.suppress(OSError):
+                    os.unlink(items[position][0])
+    finally:
+        os.close(root_fd)
+    return errors
+
+
 class _NamePool:
     """Spool names made in advance: empty files whose folder entries are already durable.
 
@@ -622,7 +688,8 @@ class FilesystemBlobStore(BlobStore):
     def put_many(
         self, namespace: Namespace, items: Sequence[tuple[str, bytes]]
     ) -> list[BlobRef | Exception]:
-        """Spool objects share their folder fsyncs (`write_many_durably`).
+        """Spool objects are created where they belong and share one `syncfs`
+        (`create_many_durably`).
 
         Other namespaces keep their checksum side files and go one object at a time.
         """
@@ -640,7 +707,10 @@ class FilesystemBlobStore(BlobStore):
             results.append(
                 BlobRef(namespace=namespace, key=key, size=len(data), sha256=sha256_of(data))
             )
-        failures = write_many_durably([(path, data) for _, path, data in writes])
+        # The spool's own folder: its file system is the one to sync, should it be mounted apart.
+        failures = create_many_durably(
+            self.root / Namespace.SPOOL.value, [(path, data) for _, path, data in writes]
+        )
         for (index, _, _), failure in zip(writes, failures, strict=True):
             if failure is not None:
                 results[index] = self._store_error(failure)
