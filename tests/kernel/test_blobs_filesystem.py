@@ -2,6 +2,7 @@
 checksums in an extended attribute (or a side file where the file system has none)."""
 
 import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,9 @@ def _count_syncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = filesystem.sync_files
 
-    def counting(root: Path, files: list[Path]) -> None:
+    def counting(root: Path, files: list[Path], watch: object = None) -> None:
         calls.append(len(files))
-        real(root, files)
+        real(root, files, watch)  # type: ignore[arg-type]
 
     monkeypatch.setattr(filesystem, "sync_files", counting)
     return calls
@@ -232,12 +233,59 @@ def test_a_failed_sync_is_a_transient_failure(
 ) -> None:
     _, blobs = stores
 
-    def io_error(root: Path, files: list[Path]) -> None:
+    def io_error(root: Path, files: list[Path], watch: object = None) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(filesystem, "sync_files", io_error)
     with pytest.raises(BackendUnavailable, match="durable"), blobs.batch():
         blobs.put(Namespace.ORIGINAL, "a/b/c.dcm", b"x")
+
+
+def _open_descriptors() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_batch_syncs_through_a_descriptor_opened_before_its_first_write(
+    stores: tuple[FilesystemBlobStore, FilesystemBlobStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """syncfs reports the writeback errors its descriptor has not seen: one opened after the
+    writes could miss an error another process's syncfs saw first."""
+    if filesystem._SYNCFS is None:
+        pytest.skip("no syncfs here (not Linux)")
+    spool, blobs = stores
+    ref = spool.put(Namespace.SPOOL, "in/0.dcm", b"linked")
+    trace: list[tuple[str, int]] = []
+    real_open, real_syncfs, real_replace = os.open, filesystem._SYNCFS, filesystem._replace
+
+    def opened(path: object, flags: int, *args: object) -> int:
+        fd = real_open(path, flags, *args)  # type: ignore[arg-type]
+        if str(path) == str(blobs.root):
+            trace.append(("open root", fd))
+        return fd
+
+    def replace(*args: object, **kwargs: object) -> None:
+        trace.append(("write", -1))
+        real_replace(*args, **kwargs)  # type: ignore[arg-type]
+
+    def syncfs(fd: int) -> int:
+        trace.append(("syncfs", fd))
+        return real_syncfs(fd)
+
+    monkeypatch.setattr(filesystem.os, "open", opened)
+    monkeypatch.setattr(filesystem, "_replace", replace)
+    monkeypatch.setattr(filesystem, "_SYNCFS", syncfs)
+    before = _open_descriptors()
+    with blobs.batch():
+        blobs.put(Namespace.DEIDENTIFIED, "c/d/e.dcm", b"copy")
+        blobs.put_from(Namespace.ORIGINAL, "a/b/0.dcm", spool, ref)
+    assert [op for op, _ in trace] == ["open root", "write", "syncfs"]
+    assert trace[0][1] == trace[2][1]  # the one opened first
+    assert _open_descriptors() == before
+    # A batch that fails closes its descriptor too.
+    with pytest.raises(RuntimeError), blobs.batch():
+        blobs.put(Namespace.ORIGINAL, "a/b/c.dcm", b"x")
+        raise RuntimeError("the batch is retried")
+    assert _open_descriptors() == before
 
 
 def test_without_syncfs_every_file_and_folder_is_fsynced(

@@ -155,18 +155,36 @@ class _GroupFolderSync:
 _folder_sync = _GroupFolderSync()
 
 
-def sync_files(root: Path, files: Sequence[Path]) -> None:
-    """Make `files` (written or linked under `root` without fsync) and their names durable."""
+@dataclass
+class _ErrorWatch:
+    """A descriptor of the store's file system, opened before a batch's first write.
+
+    syncfs reports the file system's writeback errors that its descriptor has not seen (Linux
+    5.8+): one opened after the writes could miss an error that another process's syncfs saw
+    first. First in a batch's `pending` list.
+    """
+
+    fd: int
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def sync_files(root: Path, files: Sequence[Path], watch: _ErrorWatch | None = None) -> None:
+    """Make `files` (written or linked under `root` without fsync) and their names durable.
+
+    `watch`, opened before the files were written, is what syncfs reports errors through.
+    """
     if _SYNCFS is not None:
-        # One journal commit and one cache flush for the whole batch; since Linux 5.8 syncfs
-        # reports writeback errors of the file system, so a failed write is not missed.
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        # One journal commit and one cache flush for the whole batch.
+        fd = watch.fd if watch is not None else os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         try:
             if _SYNCFS(fd) != 0:
                 code = ctypes.get_errno()
                 raise OSError(code, os.strerror(code))
         finally:
-            os.close(fd)
+            if watch is None:
+                os.close(fd)
         return
     for path in files:
         fd = os.open(path, os.O_RDONLY)
@@ -595,6 +613,7 @@ class FilesystemBlobStore(BlobStore):
         path = self._path(namespace, key)
         record_checksum = self._checksum_writer(namespace, path, ref.sha256)
         with self._disk_full_is_transient():
+            self._watch_errors()
             if linkable and record_checksum is not None:
                 # On the source's file, before the link: the name shows with its checksum.
                 record_checksum(source_path)
@@ -612,19 +631,38 @@ class FilesystemBlobStore(BlobStore):
     def page_cache_boot_id(self) -> str | None:
         return kernel_boot_id()
 
+    def _watch_errors(self) -> None:
+        """Before a batch's first deferred write: the descriptor its syncfs will report through."""
+        state = self._batch()
+        if state.depth and not state.pending and _SYNCFS is not None:
+            try:
+                fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as exc:  # out of descriptors, say: retried, not the object's fault
+                raise BackendUnavailable(f"cannot open {self.root}: {exc}") from exc
+            state.pending.append(_ErrorWatch(fd))
+
     def _end_batch(self, pending: list[Any]) -> None:
+        watch = pending[0] if pending and isinstance(pending[0], _ErrorWatch) else None
+        paths: list[Path] = pending[1:] if watch is not None else pending
         try:
-            sync_files(self.root, pending)
+            sync_files(self.root, paths, watch)
         except OSError as exc:
             raise BackendUnavailable(
-                f"could not make {len(pending)} objects durable under {self.root}: "
+                f"could not make {len(paths)} objects durable under {self.root}: "
                 f"{exc.strerror or exc}"
             ) from exc
-        for path in pending:
+        finally:
+            if watch is not None:
+                watch.close()
+        for path in paths:
             # A page of memory each, read only by `stat` (a redelivery, an import's duplicate
             # check): a million of them would hold 4 GB of the page cache.
             if path.name.endswith(_SUM_SUFFIX):
                 drop_page_cache(path)
+
+    def _abandon_batch(self, pending: list[Any]) -> None:
+        if pending and isinstance(pending[0], _ErrorWatch):
+            pending[0].close()
 
     def _checksum_writer(
         self, namespace: Namespace, path: Path, digest: str
@@ -662,6 +700,7 @@ class FilesystemBlobStore(BlobStore):
         self, path: Path, data: bytes, before_rename: Callable[[int], None] | None = None
     ) -> None:
         if self._batch().depth:
+            self._watch_errors()
             _replace(path, data, durable=False, before_rename=before_rename)
             self._batch().pending.append(path)
         else:
