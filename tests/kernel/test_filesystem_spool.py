@@ -183,6 +183,25 @@ def test_a_failed_syncfs_reports_no_object_durable_and_removes_them(
     assert _files(store.root / "spool") == []
 
 
+def test_a_spool_folder_that_cannot_be_opened_fails_every_item(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if filesystem._SYNCFS is None:
+        pytest.skip("no syncfs here (not Linux)")
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    real_open = os.open
+
+    def out_of_descriptors(path: Any, flags: int, *args: Any) -> int:
+        if flags & os.O_DIRECTORY:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(filesystem.os, "open", out_of_descriptors)
+    results = store.put_many(Namespace.SPOOL, ITEMS)
+    assert all(isinstance(r, OSError) and r.errno == errno.EMFILE for r in results)
+    assert _files(store.root / "spool") == []
+
+
 def test_without_syncfs_a_failed_folder_fsync_reports_no_object_durable_and_removes_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -421,10 +421,13 @@ def create_many_durably(root: Path, items: Sequence[tuple[Path, bytes]]) -> list
         return write_many_durably(items)
     errors: list[OSError | None] = [None] * len(items)
     written: list[int] = []
-    root.mkdir(parents=True, exist_ok=True)  # made durable by the syncfs, as the files are
-    # Opened before the writes: syncfs reports the file system's writeback errors since this
-    # descriptor was opened (Linux 5.8+), so an error during the writes is not missed.
-    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        root.mkdir(parents=True, exist_ok=True)  # made durable by the syncfs, as the files are
+        # Opened before the writes: syncfs reports the file system's writeback errors since
+        # this descriptor was opened (Linux 5.8+), so an error during the writes is not missed.
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:  # one result per item still: each of them failed
+        return [exc] * len(items)
     try:
         present: set[Path] = set()  # folders known to exist
         for position, (path, data) in enumerate(items):

@@ -172,10 +172,10 @@ class KafkaConsumer(Consumer):
             for target in targets:
                 self._consumer.seek(target)
         except KafkaException as exc:
-            # A partition that is not being fetched (after a broker outage, its group membership
-            # lost) cannot seek: assign them all from the wanted positions instead. assign()
-            # replaces the whole assignment, so it gets every partition, never one alone (which
-            # left the others unread until the next rebalance).
+            # A partition assigned but not fetched yet (right after a rebalance, which a broker
+            # restart causes) refuses seek: assign them all from the wanted positions instead.
+            # assign() replaces the whole assignment, so it gets every partition, never one
+            # alone (which left the others unread until the next rebalance).
             log.warning("Kafka seek failed (%s): re-assigning %d partitions", exc, len(targets))
             self._consumer.assign(targets)
 
