@@ -166,29 +166,33 @@ def test_a_failed_write_or_fsync_fails_its_item_alone_and_leaves_nothing_of_it(
     )  # no temporary file left either
 
 
-def test_a_failed_syncfs_reports_no_object_durable_and_removes_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def syncfs_store(tmp_path: Path) -> FilesystemBlobStore:
     if filesystem._SYNCFS is None:
         pytest.skip("no syncfs here (not Linux)")
-    store = FilesystemBlobStore(tmp_path / "blobs")
+    return FilesystemBlobStore(tmp_path / "blobs")
 
+
+def _every_item_fails_and_leaves_nothing(store: FilesystemBlobStore, code: int) -> None:
+    results = store.put_many(Namespace.SPOOL, ITEMS)
+    assert all(isinstance(r, OSError) and r.errno == code for r in results)
+    assert _files(store.root / "spool") == []
+
+
+def test_a_failed_syncfs_reports_no_object_durable_and_removes_them(
+    syncfs_store: FilesystemBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def syncfs(fd: int) -> int:
         ctypes.set_errno(errno.EIO)
         return -1
 
     monkeypatch.setattr(filesystem, "_SYNCFS", syncfs)
-    results = store.put_many(Namespace.SPOOL, ITEMS)
-    assert all(isinstance(r, OSError) and r.errno == errno.EIO for r in results)
-    assert _files(store.root / "spool") == []
+    _every_item_fails_and_leaves_nothing(syncfs_store, errno.EIO)
 
 
 def test_a_spool_folder_that_cannot_be_opened_fails_every_item(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    syncfs_store: FilesystemBlobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if filesystem._SYNCFS is None:
-        pytest.skip("no syncfs here (not Linux)")
-    store = FilesystemBlobStore(tmp_path / "blobs")
     real_open = os.open
 
     def out_of_descriptors(path: Any, flags: int, *args: Any) -> int:
@@ -197,9 +201,7 @@ def test_a_spool_folder_that_cannot_be_opened_fails_every_item(
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(filesystem.os, "open", out_of_descriptors)
-    results = store.put_many(Namespace.SPOOL, ITEMS)
-    assert all(isinstance(r, OSError) and r.errno == errno.EMFILE for r in results)
-    assert _files(store.root / "spool") == []
+    _every_item_fails_and_leaves_nothing(syncfs_store, errno.EMFILE)
 
 
 def test_without_syncfs_a_failed_folder_fsync_reports_no_object_durable_and_removes_them(
