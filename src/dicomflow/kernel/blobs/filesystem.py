@@ -166,6 +166,10 @@ class _ErrorWatch:
 
     fd: int
 
+    @classmethod
+    def open(cls, root: Path) -> "_ErrorWatch":
+        return cls(os.open(root, os.O_RDONLY | os.O_DIRECTORY))
+
     def close(self) -> None:
         os.close(self.fd)
 
@@ -423,9 +427,7 @@ def create_many_durably(root: Path, items: Sequence[tuple[Path, bytes]]) -> list
     written: list[int] = []
     try:
         root.mkdir(parents=True, exist_ok=True)  # made durable by the syncfs, as the files are
-        # Opened before the writes: syncfs reports the file system's writeback errors since
-        # this descriptor was opened (Linux 5.8+), so an error during the writes is not missed.
-        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        watch = _ErrorWatch.open(root)  # before the writes, so that their errors are reported
     except OSError as exc:  # one result per item still: each of them failed
         return [exc] * len(items)
     try:
@@ -448,15 +450,16 @@ def create_many_durably(root: Path, items: Sequence[tuple[Path, bytes]]) -> list
                 if created:
                     with contextlib.suppress(OSError):
                         os.unlink(path)
-        if written and _SYNCFS(root_fd) != 0:
-            code = ctypes.get_errno()
-            failure = OSError(code, os.strerror(code))
-            for position in written:  # which of them reached the disk is unknown: none did
-                errors[position] = failure
-                with contextlib.suppress(OSError):
-                    os.unlink(items[position][0])
+        if written:
+            try:
+                sync_files(root, [items[position][0] for position in written], watch)
+            except OSError as failure:
+                for position in written:  # which of them reached the disk is unknown: none did
+                    errors[position] = failure
+                    with contextlib.suppress(OSError):
+                        os.unlink(items[position][0])
     finally:
-        os.close(root_fd)
+        watch.close()
     return errors
 
 
@@ -639,10 +642,9 @@ class FilesystemBlobStore(BlobStore):
         state = self._batch()
         if state.depth and not state.pending and _SYNCFS is not None:
             try:
-                fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+                state.pending.append(_ErrorWatch.open(self.root))
             except OSError as exc:  # out of descriptors, say: retried, not the object's fault
                 raise BackendUnavailable(f"cannot open {self.root}: {exc}") from exc
-            state.pending.append(_ErrorWatch(fd))
 
     def _end_batch(self, pending: list[Any]) -> None:
         watch = pending[0] if pending and isinstance(pending[0], _ErrorWatch) else None
