@@ -97,8 +97,11 @@ class ScaleOut:
         raise AssertionError("scale-out roles did not start:\n" + self.log("api"))
 
     def log(self, name: str) -> str:
+        return self._log_text(name)[-4000:]
+
+    def _log_text(self, name: str) -> str:
         path = self.tmp / f"{name}.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
         process = self.processes.pop(name)
@@ -141,14 +144,7 @@ class ScaleOut:
     def own_log_lines(self, name: str, lines: int = 30) -> str:
         """The last lines a role logged itself (librdkafka's own lines, `%3|...`, are left out:
         during an outage its connection failures would fill the tail)."""
-        path = self.tmp / f"{name}.log"
-        if not path.exists():
-            return ""
-        own = [
-            line
-            for line in path.read_text(errors="replace").splitlines()
-            if not re.match(r"%\d\|", line)
-        ]
+        own = [line for line in self._log_text(name).splitlines() if not re.match(r"%\d\|", line)]
         return "\n".join(line[:300] for line in own[-lines:])
 
 
