@@ -71,7 +71,22 @@ def test_the_head_of_an_object(store: BlobStore) -> None:
 
 
 @pytest.mark.parametrize(
-    "key", ["../x", "a/../../x", "/etc/passwd", "", "a//b", ".", "a/..", "a\\b"]
+    "key",
+    [
+        "../x",
+        "a/../../x",
+        "/etc/passwd",
+        "",
+        "a//b",
+        ".",
+        "a/..",
+        "a\\b",
+        "a/b\n",
+        "a/.hidden",
+        "a/",
+        "/".join("s" * 9),
+        "a/" + "x" * 129,
+    ],
 )
 def test_hostile_keys_are_refused(store: BlobStore, key: str) -> None:
     with pytest.raises(InvalidBlobKey):

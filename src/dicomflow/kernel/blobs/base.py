@@ -19,7 +19,10 @@ from typing import Any
 from dicomflow.kernel.events import BlobRef, Namespace
 from dicomflow.kernel.exceptions import ChecksumMismatch, KernelError
 
-_KEY_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_KEY_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+# One pattern for the whole key (1 to 8 segments), matched with `fullmatch`: a segment starts
+# with a letter or digit, so none is "." or "..", and no newline slips past a "$".
+_KEY = re.compile(rf"{_KEY_SEGMENT}(?:/{_KEY_SEGMENT}){{0,7}}")
 DICOM_CONTENT_TYPE = "application/dicom"
 
 
@@ -28,10 +31,8 @@ class InvalidBlobKey(KernelError, ValueError):
 
 
 def check_key(key: str) -> str:
-    segments = key.split("/")
-    if not 0 < len(segments) <= 8 or any(
-        not _KEY_SEGMENT.match(s) or set(s) == {"."} for s in segments
-    ):
+    # Called several times per object on every hot path: one regex pass, not one per segment.
+    if _KEY.fullmatch(key) is None:
         raise InvalidBlobKey(f"blob key {key[:120]!r} is not a safe relative key")
     return key
 
