@@ -186,3 +186,24 @@ def test_the_slowest_ui_page_is_the_ui_target() -> None:
     assert ui_slowest_page(ui) == ("server", "dashboard", 0.05)
     rows = [r for r in build_rows(results, compute_targets(results)) if "Web UI" in r.section]
     assert all("browser n/a (Chromium not found)" in r.dicomflow for r in rows)
+
+
+def test_the_import_row_shows_where_its_cpu_goes(results: dict[str, Any]) -> None:
+    levels = results["archive"]["levels"]
+    levels[0]["import"]["cpu_ms_per_file_by_role"] = {
+        "import": 0.45,
+        "storage,index": 0.75,
+        "metadata": 0.8,
+        "api": 0.004,  # idle processes are left out of the row
+    }
+    rows = build_rows(results, compute_targets(results))
+    first = f"{levels[0]['import']['files']:,} files"
+    searchable = next(r for r in rows if r.measure.startswith(first) and "searchable" in r.measure)
+    assert searchable.dicomflow.splitlines()[-1] == (
+        "CPU ms/file: import 0.45, storage,index 0.75, metadata 0.80 (2.00 in all)"
+    )
+    durable = next(r for r in rows if r.measure.startswith(first) and "durable" in r.measure)
+    assert "CPU" not in durable.dicomflow
+    # Results written before the breakdown existed still render.
+    second = next(r for r in rows if "searchable" in r.measure and r is not searchable)
+    assert "CPU" not in second.dicomflow

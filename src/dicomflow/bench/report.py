@@ -247,6 +247,17 @@ def _ingest_cell(row: dict[str, Any] | None, alone: dict[str, Any] | None = None
     return text
 
 
+def _import_cpu_text(imp: dict[str, Any]) -> str:
+    """The import's CPU per file by process (results before the tenth session have none)."""
+    by_role = {
+        role: ms for role, ms in imp.get("cpu_ms_per_file_by_role", {}).items() if ms >= 0.01
+    }
+    if not by_role:
+        return ""
+    parts = ", ".join(f"{role} {ms:.2f}" for role, ms in by_role.items())
+    return f"\nCPU ms/file: {parts} ({sum(by_role.values()):.2f} in all)"
+
+
 def build_rows(results: dict[str, Any], targets: list[Target]) -> list[Row]:
     by_key = {t.key: t for t in targets}
     rows: list[Row] = []
@@ -353,7 +364,8 @@ def build_rows(results: dict[str, Any], targets: list[Target]) -> list[Row]:
                     section,
                     f"{imp['files']:,} files up to {level['instances']:,}: until {kind}",
                     f"{fmt_rate(imp[f'files_per_s_{kind}'], ' files/s')}\n"
-                    f"{imp[f'mb_per_s_{kind}']:.0f} MB/s",
+                    f"{imp[f'mb_per_s_{kind}']:.0f} MB/s"
+                    + (_import_cpu_text(imp) if kind == "searchable" else ""),
                     orthanc=f"storescu x4: {fmt_rate(fill['rate'])}" if fill else "",
                     target=">= 1,000 files/s",
                     status=_status_text([target]) if target else "",

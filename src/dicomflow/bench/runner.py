@@ -479,7 +479,8 @@ class Bench:
         importer: list[subprocess.Popen[bytes]],
     ) -> dict[str, Any]:
         usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        server_cpu0 = _tree_cpu(server)
+        server_cpu0 = _cpu_by_role(server)
+        ticks = procs.machine_ticks()
         before = server.count()
         log = (server.work / "import.log").open("wb")
         started = time.monotonic()
@@ -498,6 +499,11 @@ class Bench:
         usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         settle = server.settle(timeout=7200)
         searchable = time.monotonic() - started
+        machine = procs.contention(ticks, procs.machine_ticks())
+        server_cpu = {
+            role: cpu - server_cpu0.get(role, 0.0) for role, cpu in _cpu_by_role(server).items()
+        }
+        command_cpu = (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime)
         imported = server.count() - before
         if code != 0 or imported != files:
             raise BenchError(
@@ -514,9 +520,15 @@ class Bench:
             "files_per_s_searchable": files / searchable,
             "mb_per_s_durable": size / 1e6 / durable,
             "mb_per_s_searchable": size / 1e6 / searchable,
-            "import_command_cpu_s": (usage1.ru_utime + usage1.ru_stime)
-            - (usage0.ru_utime + usage0.ru_stime),
-            "server_cpu_s": _tree_cpu(server) - server_cpu0,
+            "import_command_cpu_s": command_cpu,
+            "server_cpu_s": sum(server_cpu.values()),
+            # Where the CPU of an import goes, by process: what bounds the rate until
+            # searchable once both cores are busy (docs/performance.md).
+            "cpu_ms_per_file_by_role": {
+                role: round(1000 * cpu / files, 3)
+                for role, cpu in {"import": command_cpu, **server_cpu}.items()
+            },
+            "machine": machine,
             "pipeline_after_import_s": settle,
         }
 
@@ -669,8 +681,14 @@ class Bench:
         return self.results
 
 
-def _tree_cpu(server: DicomflowServer) -> float:
-    return sum(sum(procs.cpu_by_pid(root).values()) for root in server.roots())
+def _cpu_by_role(server: DicomflowServer) -> dict[str, float]:
+    """CPU seconds so far of the server's processes, summed by role."""
+    by_role: dict[str, float] = {}
+    for root in server.roots():
+        for pid, cpu in procs.cpu_by_pid(root).items():
+            role = server.role_of(pid)
+            by_role[role] = by_role.get(role, 0.0) + cpu
+    return by_role
 
 
 def _ms(seconds: float | None) -> str:
