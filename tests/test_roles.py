@@ -72,3 +72,10 @@ def test_only_the_background_processors_hold_back_while_objects_arrive(tmp_path:
         "deidentify",
         "routing",
     ]
+
+
+def test_every_runner_lingers_as_configured(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, plugins="-")
+    assert {runner.linger for runner in build_runners(settings)} == {0.05}
+    never = Settings(data_dir=tmp_path, plugins="-", processor_linger_ms=0)
+    assert {runner.linger for runner in build_runners(never)} == {0.0}

@@ -138,6 +138,7 @@ def build_runners(
                 producer,
                 dead_letter_topic(bus.topic_prefix),
                 deferral=deferral if name in background else None,
+                linger=settings.processor_linger_ms / 1000,
             )
         )
     return runners

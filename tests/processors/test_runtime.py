@@ -271,3 +271,61 @@ def test_without_receives_or_a_deferral_nothing_waits(bus: EmbeddedBus, tmp_path
     started = time.monotonic()
     assert runner.step(timeout=1) == 1
     assert time.monotonic() - started < 0.4
+
+
+def _publish_later(bus: EmbeddedBus, values: list[bytes], after: float) -> threading.Thread:
+    def publish() -> None:
+        time.sleep(after)
+        for value in values:
+            bus.producer().publish(bus.topic(Topic.RECEIVED), "study", value)
+
+    thread = threading.Thread(target=publish)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("linger", [0.0, 2.0])
+def test_a_short_batch_waits_up_to_the_linger_for_more(
+    bus: EmbeddedBus, tmp_path: Path, linger: float
+) -> None:
+    bus.producer().publish(bus.topic(Topic.RECEIVED), "study", b"first")
+    runner = _runner(bus, tmp_path)
+    runner.batch_size, runner.linger = 3, linger
+    late = _publish_later(bus, [b"second", b"third", b"fourth"], after=0.1)
+    handled = runner.step(timeout=1)
+    late.join()
+    # With a linger the batch is topped up to its size (and no further); without, it is what
+    # the first poll found.
+    assert handled == (3 if linger else 1)
+    assert [r.value for r in bus.read(bus.topic(Topic.STORED))] == [b"first", b"second", b"third"][
+        :handled
+    ]
+    assert runner.consumer.lag() == 4 - handled
+
+
+def test_the_linger_is_a_bound_and_a_full_batch_does_not_wait(
+    bus: EmbeddedBus, tmp_path: Path
+) -> None:
+    runner = _runner(bus, tmp_path)
+    runner.batch_size, runner.linger = 2, 0.3
+    bus.producer().publish(bus.topic(Topic.RECEIVED), "study", b"alone")
+    started = time.monotonic()
+    assert runner.step(timeout=1) == 1  # nothing more came: handled once the linger is over
+    assert 0.3 <= time.monotonic() - started < 5
+    runner.linger = 60.0
+    for value in (b"a", b"b"):
+        bus.producer().publish(bus.topic(Topic.RECEIVED), "study", value)
+    started = time.monotonic()
+    assert runner.step(timeout=1) == 2
+    assert time.monotonic() - started < 5
+
+
+def test_a_stopped_runner_does_not_linger(bus: EmbeddedBus, tmp_path: Path) -> None:
+    runner = _runner(bus, tmp_path)
+    runner.batch_size, runner.linger = 10, 60.0
+    bus.producer().publish(bus.topic(Topic.RECEIVED), "study", b"x")
+    threading.Timer(0.1, runner.stop).start()
+    started = time.monotonic()
+    assert runner.step(timeout=1) == 1  # what it has is still handled and committed
+    assert time.monotonic() - started < 5
+    assert runner.consumer.lag() == 0

@@ -246,6 +246,15 @@ class Settings(BaseSettings):
         description="Niceness added to the process of the processors that are not on the "
         "search path (DICOMFLOW_SEARCH_PROCESSORS).",
     )
+    processor_linger_ms: float = Field(
+        50.0,
+        ge=0,
+        le=1000,
+        description="How long a processor waits for more records when a poll returns fewer "
+        "than its batch: fewer, larger batches (each has a fixed cost: an event log commit, a "
+        "sync) for at most this much more latency per hop (three hops from an "
+        "acknowledgement to a search hit). 0: a batch is what one poll returns.",
+    )
     background_defer_seconds: float = Field(
         30.0,
         ge=0,

@@ -39,6 +39,7 @@ DEFERRED = Counter(
 )
 
 _MAX_BACKOFF = 30.0
+_LINGER_SLICE = 0.1
 
 
 @dataclass
@@ -102,6 +103,7 @@ class ProcessorRunner:
         dead_letter_topic: str,
         batch_size: int | None = None,
         deferral: Deferral | None = None,
+        linger: float = 0.0,
     ) -> None:
         self.processor = processor
         self.consumer = consumer
@@ -113,6 +115,7 @@ class ProcessorRunner:
         # processor of a busy machine).
         self.batch_size = batch_size or processor.batch_size
         self.deferral = deferral
+        self.linger = linger
         self.state = RunnerState(processor.name)
         self._stop = threading.Event()
         self._backoff = 0.0
@@ -151,6 +154,8 @@ class ProcessorRunner:
                 self.consumer.seek_to_committed()
                 self._needs_seek = False
             records = self.consumer.poll(self.batch_size, timeout=timeout)
+            if records and len(records) < self.batch_size and self.linger > 0:
+                records = self._top_up(records)
         except (BackPressure, BackendUnavailable) as exc:
             self._retry_later(exc)
             return 0
@@ -183,6 +188,19 @@ class ProcessorRunner:
             DEAD_LETTERED.labels(self.processor.name).inc(len(result.failed))
         self._update_lag()
         return len(records)
+
+    def _top_up(self, records: list[Record]) -> list[Record]:
+        """Poll on for up to `linger` after a short batch: a steady trickle of records (a
+        C-STORE stream) otherwise makes batches of a few, each paying a batch's fixed cost."""
+        deadline = time.monotonic() + self.linger
+        while len(records) < self.batch_size and not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            # In slices, so that a runner told to stop does not sit out a long linger.
+            wait = min(remaining, _LINGER_SLICE)
+            records.extend(self.consumer.poll(self.batch_size - len(records), timeout=wait))
+        return records
 
     def _wait_for_quiet(self, records: Sequence[Record]) -> bool:
         """Hold the batch back as the deferral says; False if the runner stopped meanwhile."""
