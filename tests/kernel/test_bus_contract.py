@@ -188,3 +188,21 @@ def test_going_back_to_the_commit_keeps_every_partition_when_seek_cannot() -> No
         assert sorted(r.value for r in _drain(consumer, len(uncommitted))) == uncommitted
     finally:
         bus.close()
+
+
+def test_the_kafka_producer_refreshes_partition_leaders_within_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A broker restart left partitions leaderless in the producer's metadata; with the default
+    refresh (5 min) every C-STORE was refused that long (CI, the Kafka outage test)."""
+    from dicomflow.kernel.bus import kafka
+
+    configs: list[dict[str, object]] = []
+    monkeypatch.setattr(
+        kafka.confluent_kafka, "Producer", lambda config: configs.append(config) or object()
+    )
+    kafka.KafkaBus("127.0.0.1:1").producer()
+    [config] = configs
+    assert config["enable.idempotence"] is True and config["acks"] == "all"
+    refresh = config["topic.metadata.refresh.interval.ms"]
+    assert isinstance(refresh, int) and refresh <= 10_000

@@ -263,6 +263,11 @@ class KafkaBus(EventBus):
                             "linger.ms": 2,
                             "message.timeout.ms": int(self.delivery_timeout * 1000),
                             "message.max.bytes": 4 * 1024 * 1024,
+                            # A broker's shutdown leaves partitions without a leader in the
+                            # producer's metadata; if librdkafka's quick leader queries give up
+                            # before it is back, the default refresh (5 min) kept every record
+                            # of those partitions timing out (C-STORE refused) that long.
+                            "topic.metadata.refresh.interval.ms": 5000,
                         }
                     ),
                     self._ensure_topics,
