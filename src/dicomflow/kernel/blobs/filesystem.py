@@ -181,14 +181,14 @@ def sync_files(root: Path, files: Sequence[Path], watch: _ErrorWatch | None = No
     """
     if _SYNCFS is not None:
         # One journal commit and one cache flush for the whole batch.
-        fd = watch.fd if watch is not None else os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        through = watch or _ErrorWatch.open(root)
         try:
-            if _SYNCFS(fd) != 0:
+            if _SYNCFS(through.fd) != 0:
                 code = ctypes.get_errno()
                 raise OSError(code, os.strerror(code))
         finally:
             if watch is None:
-                os.close(fd)
+                through.close()
         return
     for path in files:
         fd = os.open(path, os.O_RDONLY)
@@ -646,9 +646,15 @@ class FilesystemBlobStore(BlobStore):
             except OSError as exc:  # out of descriptors, say: retried, not the object's fault
                 raise BackendUnavailable(f"cannot open {self.root}: {exc}") from exc
 
+    @staticmethod
+    def _watch_and_paths(pending: list[Any]) -> tuple[_ErrorWatch | None, list[Path]]:
+        """A batch's pending list: its error watch first (`_watch_errors`), then its paths."""
+        if pending and isinstance(pending[0], _ErrorWatch):
+            return pending[0], pending[1:]
+        return None, pending
+
     def _end_batch(self, pending: list[Any]) -> None:
-        watch = pending[0] if pending and isinstance(pending[0], _ErrorWatch) else None
-        paths: list[Path] = pending[1:] if watch is not None else pending
+        watch, paths = self._watch_and_paths(pending)
         try:
             sync_files(self.root, paths, watch)
         except OSError as exc:
@@ -666,8 +672,9 @@ class FilesystemBlobStore(BlobStore):
                 drop_page_cache(path)
 
     def _abandon_batch(self, pending: list[Any]) -> None:
-        if pending and isinstance(pending[0], _ErrorWatch):
-            pending[0].close()
+        watch, _ = self._watch_and_paths(pending)
+        if watch is not None:
+            watch.close()
 
     def _checksum_writer(
         self, namespace: Namespace, path: Path, digest: str
