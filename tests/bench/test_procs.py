@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,45 @@ def test_the_processes_of_serve_are_labelled_by_their_roles(tmp_path: Path) -> N
             child.kill()
             child.wait()
     server.http.close()
+
+
+def test_cpu_by_role_counts_each_process_from_its_snapshot() -> None:
+    from dicomflow.bench.runner import cpu_by_pid, cpu_by_role_since
+
+    def start(code: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-c", code])
+
+    sleep = "import time; time.sleep(60)"
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+    idle, gone = start(sleep), start(sleep)
+    roles = {idle.pid: "idle", gone.pid: "gone"}
+    children = [idle, gone]
+
+    class Tree:  # what the bench reads of a receiver
+        def roots(self) -> list[int]:
+            return [child.pid for child in children if child.poll() is None]
+
+        def role_of(self, pid: int) -> str:
+            return roles[pid]
+
+    try:
+        tree = Tree()
+        before = cpu_by_pid(tree)  # type: ignore[arg-type]
+        assert set(before) == {idle.pid, gone.pid}
+        gone.kill()  # ends after the snapshot: left out, not counted negative
+        gone.wait()
+        worker = start(burn + "time.sleep(60)\n")  # starts after it: counted whole
+        children.append(worker)
+        roles[worker.pid] = "worker"
+        deadline = time.monotonic() + 30
+        while procs.cpu_by_pid(worker.pid).get(worker.pid, 0.0) < 0.3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        by_role = cpu_by_role_since(tree, before)  # type: ignore[arg-type]
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    assert set(by_role) == {"idle", "worker"}
+    assert by_role["idle"] < 0.1
+    assert by_role["worker"] >= 0.3

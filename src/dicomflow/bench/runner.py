@@ -287,10 +287,9 @@ class Bench:
         nodelay: bool,
         template: Template,
     ) -> dict[str, Any]:
-        roots = receiver.roots()
         before = receiver.count()
         ticks = procs.machine_ticks()
-        cpu0 = {pid: cpu for root in roots for pid, cpu in procs.cpu_by_pid(root).items()}
+        cpu0 = cpu_by_pid(receiver)
         result = send_folders(
             storescu,
             receiver.port,
@@ -300,13 +299,9 @@ class Bench:
             receiver.work / "storescu",
             timeout=120 + count / (2 if nodelay else 0.5),
         )
-        cpu1 = {pid: cpu for root in roots for pid, cpu in procs.cpu_by_pid(root).items()}
+        cpu_roles = cpu_by_role_since(receiver, cpu0)
         machine = procs.contention(ticks, procs.machine_ticks())
         stored = receiver.count() - before
-        cpu_roles: dict[str, float] = {}
-        for pid, cpu in cpu1.items():
-            role = receiver.role_of(pid)
-            cpu_roles[role] = cpu_roles.get(role, 0.0) + cpu - cpu0.get(pid, 0.0)
         settle = receiver.settle(timeout=600)
         receiver.after_run()
         sync_disks()
@@ -479,7 +474,7 @@ class Bench:
         importer: list[subprocess.Popen[bytes]],
     ) -> dict[str, Any]:
         usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        server_cpu0 = _cpu_by_role(server)
+        server_cpu0 = cpu_by_pid(server)
         ticks = procs.machine_ticks()
         before = server.count()
         log = (server.work / "import.log").open("wb")
@@ -500,9 +495,7 @@ class Bench:
         settle = server.settle(timeout=7200)
         searchable = time.monotonic() - started
         machine = procs.contention(ticks, procs.machine_ticks())
-        server_cpu = {
-            role: cpu - server_cpu0.get(role, 0.0) for role, cpu in _cpu_by_role(server).items()
-        }
+        server_cpu = cpu_by_role_since(server, server_cpu0)
         command_cpu = (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime)
         imported = server.count() - before
         if code != 0 or imported != files:
@@ -681,13 +674,18 @@ class Bench:
         return self.results
 
 
-def _cpu_by_role(server: DicomflowServer) -> dict[str, float]:
-    """CPU seconds so far of the server's processes, summed by role."""
+def cpu_by_pid(receiver: Receiver) -> dict[int, float]:
+    """CPU seconds so far of each of a receiver's processes."""
+    return {pid: cpu for root in receiver.roots() for pid, cpu in procs.cpu_by_pid(root).items()}
+
+
+def cpu_by_role_since(receiver: Receiver, before: dict[int, float]) -> dict[str, float]:
+    """CPU seconds by role since `before` (a `cpu_by_pid` of the same receiver); a process that
+    ended meanwhile is left out, one that started counts whole."""
     by_role: dict[str, float] = {}
-    for root in server.roots():
-        for pid, cpu in procs.cpu_by_pid(root).items():
-            role = server.role_of(pid)
-            by_role[role] = by_role.get(role, 0.0) + cpu
+    for pid, cpu in cpu_by_pid(receiver).items():
+        role = receiver.role_of(pid)
+        by_role[role] = by_role.get(role, 0.0) + cpu - before.get(pid, 0.0)
     return by_role
 
 
