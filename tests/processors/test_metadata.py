@@ -339,3 +339,18 @@ def test_processor_is_registered_through_the_hook() -> None:
     assert metadata.register_processors() == [MetadataProcessor]
     # Copies get their metadata from the de-identification processor (test_deidentify.py).
     assert MetadataProcessor.topics == (Topic.STORED,)
+
+
+def test_a_string_json_cannot_carry_is_repaired_when_the_event_is_made(
+    context: ProcessorContext,
+) -> None:
+    # The fast reader does not check what it decodes (its codecs leave no lone surrogate):
+    # should one appear all the same, the event is written with it repaired, not refused.
+    ds = make_instance(PatientSpec(name="DOE^JANE"), 0, 0, 0, rows=4, columns=4)
+    event = stored(context, ds, Namespace.ORIGINAL)
+    dicom_json = {"00081030": {"vr": "LO", "Value": ["bad \udc80 surrogate"]}}
+    fields = {"StudyDescription": "bad \udc80 surrogate"}
+    out = metadata._record(context, event, dicom_json, fields)
+    extracted = decode_event(out.value, MetadataExtracted)
+    assert extracted.dicom_json["00081030"]["Value"] == ["bad ? surrogate"]
+    assert extracted.fields["StudyDescription"] == "bad ? surrogate"

@@ -271,3 +271,54 @@ def test_random_corruption(name: str) -> None:
 )
 def test_garbage(data: bytes) -> None:
     assert_same(data)
+
+
+# The reader keeps the JSON of short values it has decoded (`metadata._ELEMENTS`): most of an
+# object's values are those of the objects before it. What it returns must not depend on it.
+
+
+def test_what_is_read_does_not_depend_on_what_was_read_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    objects = [SYNTHETIC[name]() for name in SYNTHETIC] + [
+        Path(path).read_bytes() for path in TESTDATA
+    ]
+    monkeypatch.setattr(metadata, "_ELEMENTS", {})
+    alone = []
+    for data in objects:
+        metadata._ELEMENTS.clear()
+        alone.append(outcome(read_metadata, data))
+    after_the_others = [outcome(read_metadata, data) for data in objects]
+    assert len(metadata._ELEMENTS) > 100, "the cache is not exercised"
+    assert after_the_others == alone
+    twice = [outcome(read_metadata, data) for data in objects]
+    assert twice == alone
+
+
+def test_the_same_bytes_in_two_character_sets_are_decoded_in_each() -> None:
+    latin = charset("ISO_IR 100", "Müller^Hans")
+    utf8 = charset("ISO_IR 192", "Müller^Hans")
+    utf8.PatientName = "Müller^Hans".encode("latin-1").decode("latin-1")  # same text
+    set_raw(utf8, 0x00100010, "PN", "Müller^Hans".encode("latin-1"))  # latin-1 bytes, in UTF-8
+    set_raw(latin, 0x00100010, "PN", "Müller^Hans".encode("latin-1"))
+    first, _ = read_metadata(encode(latin))
+    second, _ = read_metadata(encode(utf8))
+    assert first["00100010"]["Value"] == [{"Alphabetic": "Müller^Hans"}]
+    assert second["00100010"]["Value"] == [{"Alphabetic": "M\ufffdller^Hans"}]
+    assert_same(encode(utf8))
+
+
+def test_the_cache_of_values_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metadata, "_ELEMENTS", {})
+    monkeypatch.setattr(metadata, "_CACHED_ELEMENTS", 100)
+    ds = make_instance(PatientSpec(), 0, 0, 0, rows=1, columns=1)
+    for number in range(300):
+        ds.StudyDescription = f"study {number}"
+        ds.SeriesDescription = f"series {number}"
+        _, fields = read_metadata(encode(ds))
+        assert fields["StudyDescription"] == f"study {number}"
+        assert len(metadata._ELEMENTS) <= 100
+    long_value = "x" * (metadata._CACHED_VALUE_BYTES + 2)
+    ds.StudyDescription = long_value
+    read_metadata(encode(ds))
+    assert all(len(key[2]) <= metadata._CACHED_VALUE_BYTES for key in metadata._ELEMENTS)

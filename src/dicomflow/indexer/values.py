@@ -420,20 +420,27 @@ def normalise_fields(dicom_json: Mapping[str, Any]) -> dict[str, Any]:
     """
     fields: dict[str, Any] = {}
     for key, element in dicom_json.items():
-        # type() first: an ABC's isinstance costs as much as the rest of the loop
-        if not (type(element) is dict or isinstance(element, Mapping)):
-            continue
-        keyword = _keyword_of_key(key)
-        if not keyword:
-            continue
-        values = element.get("Value")
-        vr = element.get("vr")
-        if not isinstance(values, list) or not isinstance(vr, str):
-            continue
-        value = normalise_element(vr, values)
-        if value is not None:
-            fields[keyword] = value
+        item = normalise_field(key, element)
+        if item is not None:
+            fields[item[0]] = item[1]
     return fields
+
+
+def normalise_field(key: str, element: object) -> tuple[str, Any] | None:
+    """One item of `normalise_fields`: (keyword, search form) of a top-level DICOM JSON
+    element, or None if it is left out."""
+    # type() first: an ABC's isinstance costs as much as the rest of the loop
+    if not (type(element) is dict or isinstance(element, Mapping)):
+        return None
+    keyword = _keyword_of_key(key)
+    if not keyword:
+        return None
+    values = element.get("Value")
+    vr = element.get("vr")
+    if not isinstance(values, list) or not isinstance(vr, str):
+        return None
+    value = normalise_element(vr, values)
+    return None if value is None else (keyword, value)
 
 
 def as_list(value: object) -> list[object]:

@@ -195,7 +195,8 @@ EVENT_TYPES: dict[str, type[EventModel]] = {
 
 
 def encode_event(event: EventModel) -> bytes:
-    return event.model_dump_json().encode()
+    # The serializer's bytes as they are: `model_dump_json` makes a str of them first.
+    return event.__pydantic_serializer__.to_json(event)
 
 
 E = TypeVar("E", bound=EventModel)
