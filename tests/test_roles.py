@@ -20,7 +20,8 @@ def _layout(tmp_path: Path, **values: object) -> list[tuple[str, int]]:
 
 def test_the_search_path_runs_apart_from_the_background_processors(tmp_path: Path) -> None:
     assert _layout(tmp_path) == [
-        ("processor:storage,index", 0),
+        ("processor:storage", 0),
+        ("processor:index", 0),
         ("processor:metadata", 0),
         ("processor:deidentify", 19),
     ]
@@ -28,7 +29,8 @@ def test_the_search_path_runs_apart_from_the_background_processors(tmp_path: Pat
 
 def test_the_metadata_path_alone_has_no_background_process(tmp_path: Path) -> None:
     assert _layout(tmp_path, processors="storage,metadata,index") == [
-        ("processor:storage,index", 0),
+        ("processor:storage", 0),
+        ("processor:index", 0),
         ("processor:metadata", 0),
     ]
 

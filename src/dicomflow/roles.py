@@ -5,9 +5,9 @@ Roles: ``ingest`` (the DICOM SCP), ``processors`` (every selected processor, one
 as child processes of one supervisor that restarts a child that dies and stops them all on
 SIGTERM or Ctrl-C; `dicomflow serve --role X` runs one role alone (what compose.yaml does).
 
-The supervisor runs the processors in several processes: the search path in two (metadata,
-the costliest, alone; storage and index together: DICOMFLOW_SEARCH_PROCESSORS) and the others
-in one more at a lower CPU priority. The processors of one process share one core (the GIL);
+The supervisor runs the processors in several processes: the search path in three (storage,
+metadata and index, one each: DICOMFLOW_SEARCH_PROCESSORS) and the others in one more at a
+lower CPU priority. The processors of one process share one core (the GIL);
 several processes use every core, and the priority lets a burst become searchable before its
 de-identified copies are made.
 """

@@ -232,7 +232,7 @@ class Settings(BaseSettings):
         "", description="Comma-separated allowlist of processors to run (empty = all installed)."
     )
     search_processors: str = Field(
-        "storage,index;metadata",
+        "storage;index;metadata",
         description="The processes of the search path (from an acknowledgement to a search "
         "hit) that `dicomflow serve` runs at normal CPU priority: processor names, commas "
         "within a process, semicolons between processes. The others (de-identification, "
