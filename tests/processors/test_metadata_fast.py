@@ -298,7 +298,6 @@ def test_what_is_read_does_not_depend_on_what_was_read_before(
 def test_the_same_bytes_in_two_character_sets_are_decoded_in_each() -> None:
     latin = charset("ISO_IR 100", "Müller^Hans")
     utf8 = charset("ISO_IR 192", "Müller^Hans")
-    utf8.PatientName = "Müller^Hans".encode("latin-1").decode("latin-1")  # same text
     set_raw(utf8, 0x00100010, "PN", "Müller^Hans".encode("latin-1"))  # latin-1 bytes, in UTF-8
     set_raw(latin, 0x00100010, "PN", "Müller^Hans".encode("latin-1"))
     first, _ = read_metadata(encode(latin))
@@ -322,3 +321,19 @@ def test_the_cache_of_values_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None
     ds.StudyDescription = long_value
     read_metadata(encode(ds))
     assert all(len(key[2]) <= metadata._CACHED_VALUE_BYTES for key in metadata._ELEMENTS)
+
+
+def test_a_value_first_met_in_a_sequence_item_still_makes_a_field_at_the_top(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(metadata, "_ELEMENTS", {})
+    nested = make_instance(PatientSpec(), 0, 0, 0, rows=1, columns=1)
+    del nested.StudyDescription
+    nested.ProcedureCodeSequence = Sequence([item(StudyDescription="shared text")])
+    top = make_instance(PatientSpec(), 0, 0, 1, rows=1, columns=1)
+    top.StudyDescription = "shared text"
+    _, nested_fields = read_metadata(encode(nested))
+    assert "StudyDescription" not in nested_fields
+    _, fields = read_metadata(encode(top))  # the value's JSON comes from the table
+    assert fields["StudyDescription"] == "shared text"
+    assert_same(encode(top))

@@ -472,9 +472,13 @@ _CACHED_VALUE_BYTES = 64
 
 
 def _decoded_element(
-    tag: int, vr: str | None, resolved: str | None, value: bytes, encoding: str | None
+    tag: int, vr: str | None, resolved: str | None, value: bytes, encoding: str | None, top: bool
 ) -> _Element:
-    """The JSON of one element value and its search field, kept in `_ELEMENTS` if short."""
+    """The JSON of one element value and its search field, kept in `_ELEMENTS` if short.
+
+    The search field is made only where it can be used: for the top-level dataset, or for the
+    table (a value met in a sequence item now may be met at the top later).
+    """
     entry: dict[str, Any] | None
     if resolved == "AT" and not len(value) % 4:  # pydicom's JSON of tags, which _fast_value leaves
         entry = {"vr": "AT", "Value": [f"{g << 16 | e:08X}" for g, e in _TAGS(value)]}
@@ -482,9 +486,10 @@ def _decoded_element(
         entry = _fast_value(tag, vr, value, True, encoding, BULK_DATA_THRESHOLD)
     if entry is None:
         raise _NotForTheFastReader
-    key = f"{tag:08X}"
-    element = (key, entry, normalise_field(key, entry))
-    if len(value) <= _CACHED_VALUE_BYTES:
+    key = tag_hex(tag)
+    kept = len(value) <= _CACHED_VALUE_BYTES
+    element = (key, entry, normalise_field(key, entry) if top or kept else None)
+    if kept:
         if len(_ELEMENTS) >= _CACHED_ELEMENTS:
             _ELEMENTS.clear()
         _ELEMENTS[(tag, vr, value, encoding)] = element
@@ -582,7 +587,7 @@ class _FastReader:
                 encoding = found
             element = _ELEMENTS.get((tag, vr, value, encoding))
             if element is None:
-                element = _decoded_element(tag, vr, resolved, value, encoding)
+                element = _decoded_element(tag, vr, resolved, value, encoding, top)
             result[element[0]] = element[1]
             if top and element[2] is not None:
                 fields[element[2][0]] = element[2][1]
