@@ -32,3 +32,10 @@ def test_a_version_1_dead_letter_is_read_with_its_payload_as_text() -> None:
     letter = decode_event(written, DeadLetter)
     assert letter.schema_version == 1
     assert letter.payload == '{"type": "object.received", "name": "\u00e9?/+"}'.encode()
+
+
+def test_an_event_is_written_as_its_model_serialises_it() -> None:
+    # encode_event takes the serializer's bytes directly: the same bytes as the documented
+    # model_dump_json, model settings (base64 payloads) and non-ASCII text included.
+    letter = DeadLetter(payload=b"\xff\x00", **{**_LETTER, "reason": "caf\u00e9 \u2603"})
+    assert encode_event(letter) == letter.model_dump_json().encode()

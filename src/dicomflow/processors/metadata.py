@@ -718,7 +718,7 @@ def _record(
     try:
         value = encode_event(extracted)
     except PydanticSerializationError:  # a string JSON cannot carry: repaired as on extraction
-        dicom_json, fields = _with_fields(_scrub(dicom_json))
+        dicom_json, fields = _with_fields(dicom_json)
         repaired = {"dicom_json": dicom_json, "fields": fields}
         value = encode_event(extracted.model_copy(update=repaired))
     return OutgoingRecord(
