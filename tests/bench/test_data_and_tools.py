@@ -6,7 +6,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicomflow.bench import procs
+from dicomflow.bench import clients, procs
 from dicomflow.bench.data import (
     CASES,
     Identity,
@@ -73,6 +73,22 @@ def test_writers(tmp_path: Path) -> None:
     files = write_tree(template, 1, tmp_path / "tree", tree_identities(0, 4, 1, 2), groups=2)
     assert files == 8
     assert sorted(p.name for p in (tmp_path / "tree").iterdir()) == ["g0", "g1"]
+
+
+def test_a_flat_folder_is_sent_in_instance_order_and_a_tree_is_scanned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flat = tmp_path / "flat"
+    write_flat(Template(CASES["tiny"]), 1, [flat], flat_identities(120))
+    listed = clients.storescu_inputs(flat)
+    names = [Path(arg).name for arg in listed]
+    # The instances of a series one after the other (the file system lists them in hash order).
+    assert names == [f"{n:012d}.dcm" for n in range(120)]
+    tree = tmp_path / "tree"
+    write_tree(Template(CASES["tiny"]), 1, tree, tree_identities(0, 2, 1, 2), groups=1)
+    assert clients.storescu_inputs(tree) == ["+sd", "+r", str(tree)]
+    monkeypatch.setattr(clients, "MAX_LISTED_FILES", 100)
+    assert clients.storescu_inputs(flat) == ["+sd", "+r", str(flat)]
 
 
 def test_query_criteria() -> None:

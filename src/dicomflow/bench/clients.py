@@ -6,6 +6,12 @@ storescu is the client of every C-STORE figure (as in the issue's reference figu
 associations are parallel storescu processes, each on its own folder. ``TCP_NODELAY=1`` in its
 environment turns Nagle's algorithm off in Debian's DCMTK; without it (the Debian default) a
 client sends its small PDUs late and the figures show what the receiver does about it.
+
+A flat folder's files are sent in the order of their names, which the bench makes the order of
+the instances, so that a series goes out in order, as a modality sends it. storescu's own
+folder scan (``+sd``) sends them in the file system's directory order, a hash order on ext4
+that interleaves every study of the folder; that is kept for trees (filling Orthanc's archive)
+and for folders too large to list on a command line.
 """
 
 import os
@@ -39,6 +45,19 @@ def storescu_env(nodelay: bool) -> dict[str, str]:
     return env
 
 
+MAX_LISTED_FILES = 10_000
+"""Most files passed to one storescu by name (about 70 bytes each; a command line holds 2 MB)."""
+
+
+def storescu_inputs(folder: Path) -> list[str]:
+    """storescu's input arguments for `folder`: its files in name order when it is flat and
+    small enough to list, else the folder itself to scan recursively."""
+    entries = sorted(folder.iterdir())
+    if len(entries) <= MAX_LISTED_FILES and all(entry.is_file() for entry in entries):
+        return [str(entry) for entry in entries]
+    return ["+sd", "+r", str(folder)]
+
+
 def send_folders(
     storescu: Tool,
     port: int,
@@ -57,10 +76,10 @@ def send_folders(
     for n, folder in enumerate(folders):
         log = (log_dir / f"storescu-{n}.log").open("wb")
         logs.append(log)
-        cmd = [storescu.path, "-aet", CALLING_AE, "-aec", called_ae, "+sd", "+r", "-nh"]
+        cmd = [storescu.path, "-aet", CALLING_AE, "-aec", called_ae, "-nh", "127.0.0.1", str(port)]
         processes.append(
             subprocess.Popen(
-                [*cmd, "127.0.0.1", str(port), str(folder)],
+                [*cmd, *storescu_inputs(folder)],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
