@@ -116,6 +116,33 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _port_open(port):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+@pytest.fixture(scope="module")
+def storescp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
+    """A DCMTK storescp (AE title STORESCP): the folder it writes into, its port."""
+    folder = tmp_path_factory.mktemp("storescp")
+    port = free_port()
+    process = subprocess.Popen(
+        [dcmtk("storescp"), "-aet", "STORESCP", "-od", str(folder), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield folder, port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def server_env(
     data_dir: Path, dicom_port: int, http_port: int, admin_token: str | None = ADMIN_TOKEN
 ) -> dict[str, str]:

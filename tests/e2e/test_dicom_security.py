@@ -14,8 +14,8 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 
 from dicomflow.synthetic import PatientSpec, iter_study_tree, make_instance, write_tree
 from tests.conftest import Pki, free_port, make_pki
-from tests.e2e.conftest import Server, dcmtk, server_env
-from tests.e2e.test_query_retrieve import _wait_for_port, run
+from tests.e2e.conftest import Server, server_env
+from tests.e2e.test_query_retrieve import run
 
 pytestmark = pytest.mark.e2e
 
@@ -45,18 +45,12 @@ class Secured:
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+def secured(
+    tmp_path_factory: pytest.TempPathFactory, storescp: tuple[Path, int]
+) -> Iterator[Secured]:
     folder = tmp_path_factory.mktemp("security")
     pki = make_pki(folder / "pki")
-    storescp_dir = folder / "storescp"
-    storescp_dir.mkdir()
-    storescp_port = free_port()
-    storescp = subprocess.Popen(
-        [dcmtk("storescp"), "-aet", "STORESCP", "-od", str(storescp_dir), str(storescp_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _wait_for_port(storescp_port)
+    storescp_dir, storescp_port = storescp
     dicom_port, http_port, tls_port = free_port(), free_port(), free_port()
     env = server_env(folder / "data", dicom_port, http_port)
     env.update(
@@ -90,8 +84,6 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
         yield Secured(server, pki, tls_port, study_uid, files, storescp_dir, big_file)
     finally:
         assert server.stop() == 0, server.log_path.read_text()[-3000:]
-        storescp.terminate()
-        storescp.wait(timeout=30)
 
 
 def test_the_open_default_says_so_at_start(server: Server) -> None:

@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from pydicom.dataset import Dataset
 
 from dicomflow.synthetic import iter_study_tree, write_tree
 from tests.conftest import free_port
-from tests.e2e.conftest import Server, dcmtk, server_env
+from tests.e2e.conftest import Server, dcmtk, server_env, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
@@ -60,21 +59,6 @@ class Archive:
 
 
 @pytest.fixture(scope="module")
-def storescp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
-    folder = tmp_path_factory.mktemp("storescp")
-    port = free_port()
-    process = subprocess.Popen(
-        [dcmtk("storescp"), "-aet", "STORESCP", "-od", str(folder), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _wait_for_port(port)
-    yield folder, port
-    process.terminate()
-    process.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
 def archive(
     tmp_path_factory: pytest.TempPathFactory, storescp: tuple[Path, int]
 ) -> Iterator[Archive]:
@@ -97,18 +81,6 @@ def archive(
         yield Archive(server, datasets, storescp[0], storescp[1])
     finally:
         assert server.stop() == 0, server.log_path.read_text()[-3000:]
-
-
-def _wait_for_port(port: int, timeout: float = 30) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"nothing listens on port {port}")
 
 
 def findscu(archive: Archive, model: str, keys: list[str], out: Path) -> tuple[list[Dataset], str]:
@@ -343,8 +315,8 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int
     process = subprocess.Popen(
         [binary, str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT, cwd=folder
     )
-    _wait_for_port(dicom_port)
-    _wait_for_port(http_port)
+    wait_for_port(dicom_port)
+    wait_for_port(http_port)
     yield dicom_port, http_port
     process.terminate()
     process.wait(timeout=30)
