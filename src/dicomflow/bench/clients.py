@@ -52,10 +52,21 @@ MAX_LISTED_FILES = 10_000
 def storescu_inputs(folder: Path) -> list[str]:
     """storescu's input arguments for `folder`: its files in name order when it is flat and
     small enough to list, else the folder itself to scan recursively."""
-    entries = sorted(folder.iterdir())
+    with os.scandir(folder) as scan:  # the entries' types without a stat each
+        entries = sorted(scan, key=lambda entry: entry.name)
     if len(entries) <= MAX_LISTED_FILES and all(entry.is_file() for entry in entries):
-        return [str(entry) for entry in entries]
+        return [entry.path for entry in entries]
     return ["+sd", "+r", str(folder)]
+
+
+def storescu_command(
+    storescu: Tool, called_ae: str, port: int, inputs: list[str], options: tuple[str, ...] = ()
+) -> list[str]:
+    """A storescu of the bench (calling AE `CALLING_AE`) to the loopback `port`."""
+    return [
+        storescu.path, "-aet", CALLING_AE, "-aec", called_ae, *options, "-nh",
+        "127.0.0.1", str(port), *inputs,
+    ]  # fmt: skip
 
 
 def send_folders(
@@ -70,16 +81,19 @@ def send_folders(
     """One storescu per folder, all at once; the time until the last one is done."""
     env = storescu_env(nodelay)
     log_dir.mkdir(parents=True, exist_ok=True)
+    # Listed before the clock starts: the timed run is the clients' and the receiver's work.
+    commands = [
+        storescu_command(storescu, called_ae, port, storescu_inputs(folder)) for folder in folders
+    ]
     processes: list[subprocess.Popen[bytes]] = []
     logs = []
     started = time.perf_counter()
-    for n, folder in enumerate(folders):
+    for n, command in enumerate(commands):
         log = (log_dir / f"storescu-{n}.log").open("wb")
         logs.append(log)
-        cmd = [storescu.path, "-aet", CALLING_AE, "-aec", called_ae, "-nh", "127.0.0.1", str(port)]
         processes.append(
             subprocess.Popen(
-                [*cmd, *storescu_inputs(folder)],
+                command,
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=log,

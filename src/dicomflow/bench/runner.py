@@ -38,6 +38,7 @@ from dicomflow.bench import procs
 from dicomflow.bench.clients import (
     CALLING_AE,
     send_folders,
+    storescu_command,
     storescu_env,
     study_identifier,
     timed_get,
@@ -757,11 +758,17 @@ def sustained_ingest(
     lock = threading.Lock()
 
     def loop(folder: Path) -> None:
+        # New UIDs as it sends, so the folder's order does not matter: scanned, not listed.
+        command = storescu_command(
+            storescu,
+            server.ae_title,
+            server.port,
+            ["+sd", "+r", str(folder)],
+            options=("+IS", "2", "+IR", "50"),
+        )
         while time.monotonic() < deadline:
-            cmd = [storescu.path, "-aet", "DICOMFLOWBENCH", "-aec", server.ae_title]
-            cmd += ["+sd", "+r", "-nh", "+IS", "2", "+IR", "50"]
             subprocess.run(
-                [*cmd, "127.0.0.1", str(server.port), str(folder)],
+                command,
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
